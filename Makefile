@@ -1,0 +1,113 @@
+# isodepth: `make all` rebuilds paper/paper.pdf from the committed run records;
+# `make test` runs the test suite. Both set up what they need first.
+
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ISODEPTH := $(VENV)/bin/isodepth
+STAMPS := .stamps
+GRID ?= micro
+WORKERS ?= 2
+
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+TEX_PACKAGES := latexmk texlive-latex-base texlive-latex-recommended texlive-latex-extra \
+	texlive-science texlive-fonts-recommended poppler-utils
+
+RUN_RECORDS := $(sort $(wildcard data/runs/micro/*/record.json))
+RUNS_CSV := data/derived/runs.csv
+JOINT_JSON := data/derived/fits/joint.json
+NUMBERS := paper/generated/numbers.tex
+ISOFLOPS_FIG := figures/isoflops.pdf
+JOINT_TABLE := paper/generated/tables/joint_fit.tex
+NOTEBOOK := $(PY) -m isodepth.notebooks
+
+.PHONY: all setup test runs sweep plan clean distclean help
+
+all: paper/paper.pdf
+
+help:
+	@echo "make all           rebuild paper/paper.pdf from the committed run records (never trains)"
+	@echo "make test          run the test suite"
+	@echo "make runs GRID=g   train the unfinished runs of data/grids/g.yaml (default micro)"
+	@echo "make plan GRID=g   print the runs of a grid with their accounting"
+	@echo "make setup         build .venv and check for LaTeX"
+	@echo "make clean         delete generated tables, figures and the PDF"
+
+# ---- setup -------------------------------------------------------------------------------
+
+setup: $(STAMPS)/venv $(STAMPS)/tex
+
+$(STAMPS)/venv: requirements.txt code/pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e code
+	$(PY) -m ipykernel install --sys-prefix --name isodepth --display-name "isodepth (.venv)" >/dev/null
+	touch $@
+
+$(STAMPS)/tex:
+	@mkdir -p $(STAMPS)
+	@if ! command -v latexmk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "latexmk not found: installing TeX Live with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES); \
+	  else \
+	    echo "latexmk not found. Install TeX Live, then rerun make:"; \
+	    echo "  sudo apt-get install --no-install-recommends $(TEX_PACKAGES)"; \
+	    exit 1; \
+	  fi; \
+	fi
+	touch $@
+
+# ---- training (never part of `make all`) ------------------------------------------------
+
+runs sweep: $(STAMPS)/venv
+	$(ISODEPTH) sweep $(GRID) --workers $(WORKERS)
+
+plan: $(STAMPS)/venv
+	$(ISODEPTH) plan $(GRID)
+
+# ---- analysis: run records -> table -> fits -> figures, tables and numbers --------------
+
+$(RUNS_CSV): $(RUN_RECORDS) code/isodepth/collect.py | $(STAMPS)/venv
+	$(ISODEPTH) collect micro --out $@
+
+$(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) | $(STAMPS)/venv
+	@mkdir -p $(dir $(JOINT_JSON)) $(dir $(NUMBERS))
+	$(NOTEBOOK) notebooks/fit.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
+	  -p numbers_tex $(NUMBERS) -o $(JOINT_JSON) -o $(NUMBERS)
+
+$(ISOFLOPS_FIG) $(JOINT_TABLE) &: notebooks/isoflops.ipynb $(RUNS_CSV) $(JOINT_JSON) code/isodepth/style.py | $(STAMPS)/venv
+	@mkdir -p $(dir $(ISOFLOPS_FIG)) $(dir $(JOINT_TABLE))
+	$(NOTEBOOK) notebooks/isoflops.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
+	  -p figure_pdf $(ISOFLOPS_FIG) -p table_tex $(JOINT_TABLE) -o $(ISOFLOPS_FIG) -o $(JOINT_TABLE)
+
+# ---- paper ------------------------------------------------------------------------------
+
+PAPER_INPUTS := paper/paper.tex paper/references.bib $(NUMBERS) $(JOINT_TABLE) $(ISOFLOPS_FIG)
+
+paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
+	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet paper.tex
+	@if grep -qE "There were undefined (references|citations)|Citation .* undefined|Reference .* undefined" paper/paper.log; then \
+	  echo "paper/paper.log reports undefined references:"; grep -E "undefined" paper/paper.log; rm -f $@; exit 1; fi
+	@touch $@
+
+# ---- tests ------------------------------------------------------------------------------
+
+test: $(STAMPS)/venv $(STAMPS)/tex
+	cd code && ../$(PY) -m pytest -q
+
+clean:
+	rm -rf data/derived/runs.csv data/derived/fits paper/generated figures/*.pdf notebooks/executed
+	cd paper && latexmk -C -quiet paper.tex 2>/dev/null || true
+
+distclean: clean
+	rm -rf $(VENV) $(STAMPS) data/derived
