@@ -28,7 +28,7 @@ ISOFLOPS_FIG := figures/isoflops.pdf
 JOINT_TABLE := paper/generated/tables/joint_fit.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
 
-.PHONY: all setup test runs sweep plan clean distclean help
+.PHONY: all setup test runs sweep plan download clean distclean help
 
 all: paper/paper.pdf
 
@@ -37,6 +37,7 @@ help:
 	@echo "make test          run the test suite"
 	@echo "make runs GRID=g   train the unfinished runs of data/grids/g.yaml (default micro)"
 	@echo "make plan GRID=g   print the runs of a grid with their accounting"
+	@echo "make download      fetch and verify released artifacts (KIND=..., RUN=...)"
 	@echo "make setup         build .venv and check for LaTeX"
 	@echo "make clean         delete generated tables, figures and the PDF"
 
@@ -74,6 +75,10 @@ runs sweep: $(STAMPS)/venv
 
 plan: $(STAMPS)/venv
 	$(ISODEPTH) plan $(GRID)
+
+# Released artifacts listed in data/manifest.json, verified by sha256 (KIND=..., RUN=...).
+download: $(STAMPS)/venv
+	HF_HUB_OFFLINE=0 $(ISODEPTH) download $(if $(KIND),--kind $(KIND)) $(if $(RUN),--run $(RUN))
 
 # ---- analysis: run records -> table -> fits -> figures, tables and numbers --------------
 

@@ -1,4 +1,4 @@
-"""Command line: `isodepth plan | train | sweep | collect | fit | corpus`."""
+"""Command line: `isodepth plan | train | sweep | collect | fit | equivalence | corpus | download | export | release | convert | eval`."""
 
 from __future__ import annotations
 
@@ -100,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands():
     """Subcommands defined next to the code they drive."""
     from . import collect, corpus_cli, fit_cli
+    from .evaluate import cli as evaluate_cli
+    from .release import cli as release_cli
 
-    return [collect.add_command, corpus_cli.add_command, fit_cli.add_command]
+    return [collect.add_command, corpus_cli.add_command, fit_cli.add_command, release_cli.add_command,
+            evaluate_cli.add_command]
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,15 @@ COLUMNS = ["grid", "run_id", "variant", "budget", "r", "size", "d_model", "effec
            "n_total", "flops_per_token", "steps", "tokens", "loss", "validation_tokens", "train_time_s", "status"]
 
 
+def _recur_layers(record: dict) -> int:
+    """Layers executed inside the recurrence per token in the run's looped family (16 at the
+    study's scale): the same for every r, also for r = 1 runs that hold all layers in one block."""
+    family = record.get("family")
+    if family:
+        return family["effective_depth"] - family["n_prelude"] - family["n_coda"]
+    return record["model"]["n_recur_layers"] * int(record["r"])
+
+
 def _row(record: dict, source: Path) -> dict:
     try:
         row = {
@@ -27,8 +36,7 @@ def _row(record: dict, source: Path) -> dict:
             "d_model": int(record["model"]["d_model"]),
             "effective_depth": (record["model"]["n_prelude"] + record["model"]["n_coda"]
                                 + record["model"]["n_recur_layers"] * int(record["r"])),
-            # Layers executed inside the recurrence per token: (layers of the shared block) x r.
-            "recur_layers": record["model"]["n_recur_layers"] * int(record["r"]),
+            "recur_layers": _recur_layers(record),
             "n_once": int(record["accounting"]["n_once"]), "n_rec": int(record["accounting"]["n_rec"]),
             "n_total": int(record["accounting"]["n_total"]),
             "flops_per_token": float(record["accounting"]["flops_per_token"]),

@@ -101,8 +101,9 @@ def iso_depth_config(
 ) -> ModelConfig:
     """Build the iso-depth configuration: the shared block has (depth - prelude - coda) / r layers.
 
-    For r = 1 the prelude and coda split is kept in the parameter bookkeeping only; the
-    forward pass is a plain stack of effective_depth layers.
+    r = 1 is the plain model: all effective_depth layers form one block run once, with no
+    prelude, coda or injection (the study's code builds its non-looped baseline the same way,
+    so the recurrence norm directly precedes the final norm).
     """
     recur_total = effective_depth - n_prelude - n_coda
     if recur_total <= 0 or recur_total % recurrences != 0:
@@ -110,6 +111,8 @@ def iso_depth_config(
             f"effective_depth={effective_depth} minus prelude {n_prelude} and coda {n_coda} "
             f"leaves {recur_total} recurrent layers, not a positive multiple of r={recurrences}"
         )
+    if recurrences == 1:
+        n_prelude, n_coda, recur_total = 0, 0, effective_depth
     padded = int(math.ceil(vocab_size / pad_vocab_to) * pad_vocab_to)
     return ModelConfig(
         d_model=d_model,

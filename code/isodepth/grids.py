@@ -54,6 +54,9 @@ class PlannedRun:
     recipe: Recipe
     seed: int
     eval_rows: int | None = None  # validation rows to evaluate; None = the whole split
+    # The looped family's layout (effective depth, prelude, coda), also for r = 1 runs whose
+    # own config puts every layer in one block.
+    family: dict | None = None
 
     def plan_row(self) -> dict:
         return {
@@ -132,6 +135,7 @@ def plan_run(grid: Grid, budget: float, r: int, size: int, variant: Variant,
         n_once=counts.n_once, n_rec=counts.n_rec, n_total=counts.n_total,
         learning_rates=lrs, recipe=recipe, seed=spec.get("seed", 0),
         eval_rows=spec.get("eval_rows"),
+        family={key: arch[key] for key in ("effective_depth", "n_prelude", "n_coda")},
     )
 
 

@@ -1,7 +1,8 @@
 """The prelude-recur-coda looped transformer (after Huginn) and its plain r = 1 counterpart.
 
 Layout: embedding -> RMSNorm -> prelude layers -> r iterations of a shared block with input
-injection -> coda layers -> RMSNorm -> untied lm_head with a logit soft-cap. Pre-norm blocks,
+injection, each closed by an RMSNorm -> coda layers -> RMSNorm -> untied lm_head with a logit
+soft-cap. With r = 1 every layer sits in the block, run once without injection. Pre-norm blocks,
 RoPE followed by parameter-free QK-norm, squared-ReLU MLP, no biases, no dropout.
 """
 

@@ -26,6 +26,23 @@ def parameters_cell(notebook: Path) -> list[dict]:
     return [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
 
 
+def ensure_kernel(name: str = KERNEL) -> None:
+    """Install a kernel spec for this interpreter under `name` if none exists, so notebooks run
+    in the project's Python and never in whichever `python3` kernel happens to be registered."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        spec = None
+    if spec is not None and spec.argv[0] == sys.executable:
+        return
+    from ipykernel.kernelspec import install
+
+    install(kernel_name=name, display_name=f"{name} ({sys.prefix})", prefix=sys.prefix)
+    log.info("installed the %s kernel spec for %s", name, sys.executable)
+
+
 def run_notebook(notebook: Path, parameters: dict, outputs: list[Path], kernel: str = KERNEL) -> Path:
     import papermill
 
@@ -36,6 +53,7 @@ def run_notebook(notebook: Path, parameters: dict, outputs: list[Path], kernel: 
                          "so that papermill can inject values after the defaults")
     for output in outputs:
         Path(output).unlink(missing_ok=True)
+    ensure_kernel(kernel)
 
     executed = paths.ROOT / "notebooks" / "executed" / notebook.name
     executed.parent.mkdir(parents=True, exist_ok=True)

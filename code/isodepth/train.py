@@ -71,10 +71,22 @@ def evaluate_loss(model: LoopedLM, rows: torch.Tensor, device: torch.device,
     return total / count
 
 
-def _save_state(path: Path, model, optimizers, step: int, curve: list, elapsed: float) -> None:
+def plan_fingerprint(run: PlannedRun) -> str:
+    """Hash of everything that shapes a run, so a checkpoint of a changed plan is never resumed."""
+    import hashlib
+
+    plan = {"model": run.model.to_dict(), "steps": run.steps, "batch_rows": run.batch_rows,
+            "micro_batch_rows": run.micro_batch_rows, "learning_rates": run.learning_rates,
+            "recipe": asdict(run.recipe), "seed": run.seed}
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def _save_state(path: Path, run: PlannedRun, model, optimizers, step: int, curve: list,
+                elapsed: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({
+        "plan": plan_fingerprint(run),
         "model": model.state_dict(),
         "optimizers": optimizers.state_dict(),
         "step": step,
@@ -114,7 +126,11 @@ def train_run(run: PlannedRun, *, runs_dir: Path | None = None, checkpoint_dir: 
 
     step, curve, elapsed = 0, [], 0.0
     if state_file.exists():
-        state = torch.load(state_file, map_location=device, weights_only=False)
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        if state.get("plan") != plan_fingerprint(run):
+            raise RuntimeError(
+                f"checkpoint {state_file} belongs to a different plan of run {run.run_id} (the grid "
+                "changed since it was written); delete it to start the run from scratch")
         model.load_state_dict(state["model"])
         optimizers.load_state_dict(state["optimizers"])
         torch.set_rng_state(state["rng"])
@@ -143,7 +159,7 @@ def train_run(run: PlannedRun, *, runs_dir: Path | None = None, checkpoint_dir: 
             step_loss += loss.item() / accumulation
         if not math.isfinite(step_loss):
             status = "diverged"
-            curve.append([step, step_loss])
+            curve.append([step, None])  # JSON has no NaN; null marks the non-finite loss
             log.warning("%s: non-finite training loss %s at step %d; stopping", run.run_id, step_loss, step)
             break
         optimizers.step()
@@ -155,7 +171,7 @@ def train_run(run: PlannedRun, *, runs_dir: Path | None = None, checkpoint_dir: 
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
         if time.perf_counter() - last_save > checkpoint_every_s and step < run.steps:
-            _save_state(state_file, model, optimizers, step, curve, time.perf_counter() - started)
+            _save_state(state_file, run, model, optimizers, step, curve, time.perf_counter() - started)
             last_save = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -204,6 +220,7 @@ def build_record(run: PlannedRun, *, status: str, steps_done: int, curve: list, 
         "size": run.size,
         "variant": run.variant,
         "model": run.model.to_dict(),
+        "family": run.family,
         "accounting": {
             "n_once": run.n_once, "n_rec": run.n_rec, "n_total": run.n_total,
             "flops_per_token": run.flops_per_token,
