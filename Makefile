@@ -21,7 +21,11 @@ TEX_PACKAGES := latexmk texlive-latex-base texlive-latex-recommended texlive-lat
 	texlive-science texlive-fonts-recommended poppler-utils
 
 RUN_RECORDS := $(sort $(wildcard data/runs/micro/*/record.json))
+LR_RECORDS := $(sort $(wildcard data/runs/micro-lr/*/record.json))
 RUNS_CSV := data/derived/runs.csv
+LR_CSV := data/derived/runs-micro-lr.csv
+LR_FIG := figures/lr_sweep.pdf
+LR_NUMBERS := paper/generated/lr_numbers.tex
 JOINT_JSON := data/derived/fits/joint.json
 NUMBERS := paper/generated/numbers.tex
 ISOFLOPS_FIG := figures/isoflops.pdf
@@ -85,6 +89,14 @@ download: $(STAMPS)/venv
 $(RUNS_CSV): $(RUN_RECORDS) code/isodepth/collect.py | $(STAMPS)/venv
 	$(ISODEPTH) collect micro --out $@
 
+$(LR_CSV): $(LR_RECORDS) code/isodepth/collect.py | $(STAMPS)/venv
+	$(ISODEPTH) collect micro-lr --out $@
+
+$(LR_FIG) $(LR_NUMBERS) &: notebooks/lr_sweep.ipynb $(LR_CSV) data/grids/micro.yaml code/isodepth/style.py | $(STAMPS)/venv
+	@mkdir -p $(dir $(LR_FIG)) $(dir $(LR_NUMBERS))
+	$(NOTEBOOK) notebooks/lr_sweep.ipynb -p runs_csv $(LR_CSV) -p figure_pdf $(LR_FIG) \
+	  -p numbers_tex $(LR_NUMBERS) -o $(LR_FIG) -o $(LR_NUMBERS)
+
 $(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) | $(STAMPS)/venv
 	@mkdir -p $(dir $(JOINT_JSON)) $(dir $(NUMBERS))
 	$(NOTEBOOK) notebooks/fit.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
@@ -97,7 +109,8 @@ $(ISOFLOPS_FIG) $(JOINT_TABLE) &: notebooks/isoflops.ipynb $(RUNS_CSV) $(JOINT_J
 
 # ---- paper ------------------------------------------------------------------------------
 
-PAPER_INPUTS := paper/paper.tex paper/references.bib $(NUMBERS) $(JOINT_TABLE) $(ISOFLOPS_FIG)
+PAPER_INPUTS := paper/paper.tex paper/references.bib $(NUMBERS) $(JOINT_TABLE) $(ISOFLOPS_FIG) \
+	$(LR_FIG) $(LR_NUMBERS)
 
 paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet paper.tex
@@ -111,7 +124,8 @@ test: $(STAMPS)/venv $(STAMPS)/tex
 	cd code && ../$(PY) -m pytest -q
 
 clean:
-	rm -rf data/derived/runs.csv data/derived/fits paper/generated figures/*.pdf notebooks/executed
+	rm -rf data/derived/runs.csv data/derived/runs-micro-lr.csv data/derived/fits paper/generated \
+	  figures/*.pdf notebooks/executed
 	cd paper && latexmk -C -quiet paper.tex 2>/dev/null || true
 
 distclean: clean

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["grid", "run_id", "variant", "budget", "r", "size", "d_model", "effective_depth",
            "recur_layers", "n_once", "n_rec",
-           "n_total", "flops_per_token", "steps", "tokens", "loss", "validation_tokens", "train_time_s", "status"]
+           "n_total", "flops_per_token", "steps", "tokens", "loss", "validation_tokens", "muon_lr", "train_time_s", "status"]
 
 
 def _recur_layers(record: dict) -> int:
@@ -42,6 +42,8 @@ def _row(record: dict, source: Path) -> dict:
             "flops_per_token": float(record["accounting"]["flops_per_token"]),
             "steps": int(record["training"]["steps"]), "tokens": int(record["training"]["tokens"]),
             "loss": record["final_val_loss"], "validation_tokens": int(record["validation_tokens"]),
+            # MuonH rate at the recipe's reference configuration, before the transfer rules.
+            "muon_lr": float(record["training"]["recipe"]["muon_lr"]),
             "train_time_s": float(record["train_time_s"]),
             "status": record["status"],
         }

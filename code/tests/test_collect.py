@@ -15,7 +15,7 @@ def record(run_id: str, status: str = "completed", loss=3.5) -> dict:
         "grid": "g", "run_id": run_id, "variant": "main", "status": status, "budget": 1e12, "r": 2,
         "size": 6, "model": {"d_model": 24, "n_prelude": 1, "n_coda": 1, "n_recur_layers": 4},
         "accounting": {"n_once": 100, "n_rec": 200, "n_total": 300, "flops_per_token": 1e6},
-        "training": {"steps": 10, "tokens": 6400}, "final_val_loss": loss,
+        "training": {"steps": 10, "tokens": 6400, "recipe": {"muon_lr": 0.01}}, "final_val_loss": loss,
         "validation_tokens": 1000, "train_time_s": 1.5,
     }
 

@@ -48,6 +48,19 @@ def test_tiny_grid_end_to_end(tmp_path):
                  [figure, table])
     assert figure.read_bytes().startswith(b"%PDF")
 
+    assert set(run_sweep("tiny-lr", workers=2, threads_per_worker=1, runs_dir=runs_dir,
+                         checkpoint_dir=tmp_path / "checkpoints").values()) == {"completed"}
+    lr_rows, _ = collect(["tiny-lr"], runs_dir)
+    lr_csv = tmp_path / "derived" / "runs-lr.csv"
+    write_csv(lr_rows, lr_csv)
+    lr_figure = tmp_path / "figures" / "lr_sweep.pdf"
+    lr_numbers = tmp_path / "paper" / "generated" / "lr_numbers.tex"
+    run_notebook(paths.ROOT / "notebooks" / "lr_sweep.ipynb",
+                 {"runs_csv": str(lr_csv), "figure_pdf": str(lr_figure), "numbers_tex": str(lr_numbers),
+                  "grid": "tiny"},
+                 [lr_figure, lr_numbers])
+    assert "\\newcommand{\\lrOptimumPlain}" in lr_numbers.read_text()
+
     for name in ("paper.tex", "references.bib"):
         shutil.copy(paths.PAPER / name, tmp_path / "paper" / name)
     subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-quiet", "paper.tex"],
