@@ -30,6 +30,8 @@ JOINT_JSON := data/derived/fits/joint.json
 NUMBERS := paper/generated/numbers.tex
 ISOFLOPS_FIG := figures/isoflops.pdf
 JOINT_TABLE := paper/generated/tables/joint_fit.tex
+FIT_TABLES := paper/generated/tables/per_r_fits.tex paper/generated/tables/residuals.tex \
+	paper/generated/tables/headline.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
 
 .PHONY: all setup test runs sweep plan download clean distclean help
@@ -107,10 +109,16 @@ $(ISOFLOPS_FIG) $(JOINT_TABLE) &: notebooks/isoflops.ipynb $(RUNS_CSV) $(JOINT_J
 	$(NOTEBOOK) notebooks/isoflops.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
 	  -p figure_pdf $(ISOFLOPS_FIG) -p table_tex $(JOINT_TABLE) -o $(ISOFLOPS_FIG) -o $(JOINT_TABLE)
 
+$(FIT_TABLES) &: notebooks/tables.ipynb $(JOINT_JSON) | $(STAMPS)/venv
+	@mkdir -p paper/generated/tables
+	$(NOTEBOOK) notebooks/tables.ipynb -p joint_json $(JOINT_JSON) \
+	  -p per_r_tex paper/generated/tables/per_r_fits.tex -p residuals_tex paper/generated/tables/residuals.tex \
+	  -p headline_tex paper/generated/tables/headline.tex $(foreach t,$(FIT_TABLES),-o $(t))
+
 # ---- paper ------------------------------------------------------------------------------
 
 PAPER_INPUTS := paper/paper.tex paper/references.bib $(NUMBERS) $(JOINT_TABLE) $(ISOFLOPS_FIG) \
-	$(LR_FIG) $(LR_NUMBERS)
+	$(LR_FIG) $(LR_NUMBERS) $(FIT_TABLES)
 
 paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet paper.tex

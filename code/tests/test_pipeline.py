@@ -61,6 +61,14 @@ def test_tiny_grid_end_to_end(tmp_path):
                  [lr_figure, lr_numbers])
     assert "\\newcommand{\\lrOptimumPlain}" in lr_numbers.read_text()
 
+    tables = {key: tmp_path / "paper" / "generated" / "tables" / f"{key}.tex"
+              for key in ("per_r_fits", "residuals", "headline")}
+    run_notebook(paths.ROOT / "notebooks" / "tables.ipynb",
+                 {"joint_json": str(fits), "per_r_tex": str(tables["per_r_fits"]),
+                  "residuals_tex": str(tables["residuals"]), "headline_tex": str(tables["headline"])},
+                 list(tables.values()))
+    assert "published" in tables["headline"].read_text()
+
     for name in ("paper.tex", "references.bib"):
         shutil.copy(paths.PAPER / name, tmp_path / "paper" / name)
     subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-quiet", "paper.tex"],
