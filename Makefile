@@ -34,7 +34,7 @@ FIT_TABLES := paper/generated/tables/per_r_fits.tex paper/generated/tables/resid
 	paper/generated/tables/headline.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
 
-.PHONY: all setup test runs sweep plan download clean distclean help
+.PHONY: all setup test runs sweep plan download bench-fit clean distclean help
 
 all: paper/paper.pdf
 
@@ -45,6 +45,7 @@ help:
 	@echo "make plan GRID=g   print the runs of a grid with their accounting"
 	@echo "make download      fetch and verify released artifacts (KIND=..., RUN=...)"
 	@echo "make setup         build .venv and check for LaTeX"
+	@echo "make bench-fit     time the joint fit and its bootstrap against a plain scipy fit"
 	@echo "make clean         delete generated tables, figures and the PDF"
 
 # ---- setup -------------------------------------------------------------------------------
@@ -125,6 +126,11 @@ paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 	@if grep -qE "There were undefined (references|citations)|Citation .* undefined|Reference .* undefined" paper/paper.log; then \
 	  echo "paper/paper.log reports undefined references:"; grep -E "undefined" paper/paper.log; rm -f $@; exit 1; fi
 	@touch $@
+
+# ---- benchmarks (print figures; never part of `make test`) ------------------------------
+
+bench-fit: $(STAMPS)/venv
+	$(PY) code/benchmarks/bench_fit.py
 
 # ---- tests ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Placeholder registration for `isodepth fit`, replaced by the fitting package's command."""
+"""Registration of `isodepth fit` and `isodepth equivalence`, defined in the fit package."""
 
 
 def add_command(sub) -> None:
