@@ -30,6 +30,7 @@ JOINT_JSON := data/derived/fits/joint.json
 NUMBERS := paper/generated/numbers.tex
 ISOFLOPS_FIG := figures/isoflops.pdf
 JOINT_TABLE := paper/generated/tables/joint_fit.tex
+CO_FIGS := figures/compute_optimal_loss.pdf figures/allocation.pdf
 FIT_TABLES := paper/generated/tables/per_r_fits.tex paper/generated/tables/residuals.tex \
 	paper/generated/tables/headline.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
@@ -110,6 +111,12 @@ $(ISOFLOPS_FIG) $(JOINT_TABLE) &: notebooks/isoflops.ipynb $(RUNS_CSV) $(JOINT_J
 	$(NOTEBOOK) notebooks/isoflops.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
 	  -p figure_pdf $(ISOFLOPS_FIG) -p table_tex $(JOINT_TABLE) -o $(ISOFLOPS_FIG) -o $(JOINT_TABLE)
 
+$(CO_FIGS) &: notebooks/compute_optimal.ipynb $(JOINT_JSON) data/grids/micro.yaml code/isodepth/style.py | $(STAMPS)/venv
+	@mkdir -p figures
+	$(NOTEBOOK) notebooks/compute_optimal.ipynb -p joint_json $(JOINT_JSON) \
+	  -p figure1_pdf figures/compute_optimal_loss.pdf -p figure3_pdf figures/allocation.pdf \
+	  $(foreach f,$(CO_FIGS),-o $(f))
+
 $(FIT_TABLES) &: notebooks/tables.ipynb $(JOINT_JSON) | $(STAMPS)/venv
 	@mkdir -p paper/generated/tables
 	$(NOTEBOOK) notebooks/tables.ipynb -p joint_json $(JOINT_JSON) \
@@ -119,7 +126,7 @@ $(FIT_TABLES) &: notebooks/tables.ipynb $(JOINT_JSON) | $(STAMPS)/venv
 # ---- paper ------------------------------------------------------------------------------
 
 PAPER_INPUTS := paper/paper.tex paper/references.bib $(NUMBERS) $(JOINT_TABLE) $(ISOFLOPS_FIG) \
-	$(LR_FIG) $(LR_NUMBERS) $(FIT_TABLES)
+	$(LR_FIG) $(LR_NUMBERS) $(FIT_TABLES) $(CO_FIGS)
 
 paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet paper.tex

@@ -69,6 +69,12 @@ def test_tiny_grid_end_to_end(tmp_path):
                  list(tables.values()))
     assert "published" in tables["headline"].read_text()
 
+    co_figures = [tmp_path / "figures" / "compute_optimal_loss.pdf", tmp_path / "figures" / "allocation.pdf"]
+    run_notebook(paths.ROOT / "notebooks" / "compute_optimal.ipynb",
+                 {"joint_json": str(fits), "figure1_pdf": str(co_figures[0]), "figure3_pdf": str(co_figures[1]),
+                  "grid": "tiny"},
+                 co_figures)
+
     for name in ("paper.tex", "references.bib"):
         shutil.copy(paths.PAPER / name, tmp_path / "paper" / name)
     subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-quiet", "paper.tex"],
