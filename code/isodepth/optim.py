@@ -93,6 +93,8 @@ class Recipe:
     """
 
     muon_lr: float = 0.014
+    # MuonH rate of the plain (r = 1) model at the reference; None means the same as muon_lr.
+    muon_lr_plain: float | None = None
     embed_lr: float = 0.3
     head_lr: float = 0.004
     norm_lr: float = 0.005
@@ -127,8 +129,9 @@ class Recipe:
         batch = (tokens_per_step / self.tokens_per_step_ref) ** self.batch_exponent
         d_ref = self.tokens_ref_looped if looped else self.tokens_ref_plain
         duration = (tokens / d_ref) ** self.tokens_exponent
+        muon_ref = self.muon_lr if (looped or self.muon_lr_plain is None) else self.muon_lr_plain
         return {
-            "muon": self.muon_lr * duration * batch,
+            "muon": muon_ref * duration * batch,
             "embed": self.embed_lr * width * batch,
             "head": self.head_lr * width * batch,
             "norm": self.norm_lr * width * batch,
