@@ -35,7 +35,7 @@ FIT_TABLES := paper/generated/tables/per_r_fits.tex paper/generated/tables/resid
 	paper/generated/tables/headline.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
 
-.PHONY: all setup test runs sweep plan download bench-fit clean distclean help
+.PHONY: all setup test runs sweep plan download bench-fit bench-train clean distclean help
 
 all: paper/paper.pdf
 
@@ -47,6 +47,7 @@ help:
 	@echo "make download      fetch and verify released artifacts (KIND=..., RUN=...)"
 	@echo "make setup         build .venv and check for LaTeX"
 	@echo "make bench-fit     time the joint fit and its bootstrap against a plain scipy fit"
+	@echo "make bench-train   training throughput as a fraction of dense-matmul throughput (or MFU on GPU)"
 	@echo "make clean         delete generated tables, figures and the PDF"
 
 # ---- setup -------------------------------------------------------------------------------
@@ -138,6 +139,9 @@ paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 
 bench-fit: $(STAMPS)/venv
 	$(PY) code/benchmarks/bench_fit.py
+
+bench-train: $(STAMPS)/venv
+	$(PY) code/benchmarks/bench_train.py
 
 # ---- tests ------------------------------------------------------------------------------
 

@@ -76,8 +76,8 @@ PLAN_COLUMNS = ["run_id", "budget", "r", "size", "d_model", "n_once", "n_rec", "
                 "flops_per_token", "steps", "tokens"]
 
 GRID_KEYS = ("name", "base", "model", "batch", "recurrences", "budgets", "token_runs", "variants",
-             "muon_lrs", "reuse", "recipe", "seed", "eval_rows")
-INHERITED_KEYS = ("model", "batch", "recipe", "seed", "eval_rows")
+             "muon_lrs", "reuse", "recipe", "seed", "eval_rows", "data")
+INHERITED_KEYS = ("model", "batch", "recipe", "seed", "eval_rows", "data")
 MERGED_KEYS = ("model", "batch", "recipe")  # merged key by key with the base's
 TOKEN_RUN_KEYS = ("sizes", "recurrences", "tokens", "tokens_per_param", "muon_lrs")
 REUSE_KEYS = ("grid", "recurrences", "budgets", "sizes", "variants")

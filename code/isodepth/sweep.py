@@ -1,27 +1,35 @@
-"""Run every planned run of a grid with a local process pool, skipping finished runs.
+"""Train every unfinished run of a grid with a launcher: local process pool, local GPUs or SLURM.
 
-Each worker trains one run at a time on its own CPU threads. A run whose record exists is
-skipped; a run with a checkpoint resumes from it; a run that raises is logged and the sweep goes
-on, so one bad run never loses the others.
+A run whose record exists is skipped, and a run with a checkpoint resumes from it. A run that
+fails is logged while the sweep goes on, so one bad run never loses the others, and the next
+sweep retries it. The launchers live in isodepth.launchers.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+import argparse
+import json
 import logging
-import os
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .grids import PlannedRun, load_grid
-from .train import record_path
+# The grids, the launchers and the trainer import torch, so this module imports them only where
+# it needs them: building the command-line parser stays fast.
+if TYPE_CHECKING:
+    from .grids import PlannedRun
 
 log = logging.getLogger(__name__)
 
+LAUNCHERS = ("local", "multi-gpu", "slurm")
 FINISHED_STATUSES = ("completed", "diverged")
+
+__all__ = ["FINISHED_STATUSES", "LAUNCHERS", "add_sweep_arguments", "is_finished", "make_launcher",
+           "run_sweep", "select_runs", "sweep_command"]
 
 
 def is_finished(run: PlannedRun, runs_dir: Path | None = None) -> bool:
-    import json
+    from .train import record_path
 
     path = record_path(run, runs_dir)
     if not path.exists():
@@ -32,23 +40,10 @@ def is_finished(run: PlannedRun, runs_dir: Path | None = None) -> bool:
         return False
 
 
-def _worker(grid_name: str, run_id: str, threads: int, runs_dir: str | None,
-            checkpoint_dir: str | None, device: str) -> tuple[str, str, float | None]:
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from .train import train_run
-
-    runs = {r.run_id: r for r in load_grid(grid_name).runs()}
-    record = train_run(runs[run_id], runs_dir=Path(runs_dir) if runs_dir else None,
-                       checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None, device=device,
-                       keep_checkpoint=True)
-    return run_id, record["status"], record["final_val_loss"]
-
-
 def select_runs(grid_name: str, only: list[str] | None = None, max_budget: float | None = None,
                 runs_dir: Path | None = None) -> list[PlannedRun]:
+    from .grids import load_grid
+
     runs = load_grid(grid_name).runs()
     if only:
         known = {r.run_id for r in runs}
@@ -61,34 +56,154 @@ def select_runs(grid_name: str, only: list[str] | None = None, max_budget: float
     return [r for r in runs if not is_finished(r, runs_dir)]
 
 
+def make_launcher(launcher: str = "local", *, workers: int = 2, threads_per_worker: int | None = None,
+                  gpus: list[str] | None = None, gpus_per_run: int = 1, slurm=None):
+    """Build the launcher named `launcher` ('local', 'multi-gpu' or 'slurm') with its settings.
+
+    slurm: a launchers.SlurmSettings; the default has gpus_per_run GPUs per run.
+    """
+    from .launchers import LocalLauncher, MultiGpuLauncher, SlurmLauncher, SlurmSettings, visible_gpus
+
+    if launcher == "local":
+        return LocalLauncher(workers=workers, threads_per_worker=threads_per_worker)
+    if launcher == "multi-gpu":
+        ids = list(gpus) if gpus else visible_gpus()
+        if not ids:
+            raise ValueError("the multi-gpu launcher found no GPU (CUDA_VISIBLE_DEVICES is empty and torch "
+                             "counts none); pass --gpus 0,1,... or use --launcher local")
+        return MultiGpuLauncher(gpus=tuple(ids), gpus_per_run=gpus_per_run, threads_per_run=threads_per_worker)
+    if launcher == "slurm":
+        return SlurmLauncher(slurm or SlurmSettings(gpus_per_run=gpus_per_run))
+    raise ValueError(f"launcher {launcher!r} is unknown; choose one of {', '.join(LAUNCHERS)}")
+
+
 def run_sweep(grid_name: str, *, workers: int = 2, threads_per_worker: int | None = None,
               only: list[str] | None = None, max_budget: float | None = None,
               runs_dir: Path | None = None, checkpoint_dir: Path | None = None,
-              device: str = "cpu", dry_run: bool = False) -> dict[str, str]:
-    """Train the unfinished runs of a grid, cheapest budget first; return run_id -> status."""
+              device: str = "cpu", dry_run: bool = False, launcher: str = "local",
+              gpus: list[str] | None = None, gpus_per_run: int = 1, slurm=None,
+              options=None) -> dict[str, str]:
+    """Train the unfinished runs of a grid, cheapest budget first; return run_id -> status.
+
+    `options` (a launchers.TrainOptions) sets the training flags: compile, data folder,
+    checkpoint cadence, micro-batch. device, runs_dir and checkpoint_dir override its fields.
+    `slurm` is a launchers.SlurmSettings. A dry run returns the runs it would train as
+    "pending" and starts nothing.
+    """
+    from .launchers import TrainOptions
+
     pending = select_runs(grid_name, only, max_budget, runs_dir)
-    log.info("grid %s: %d runs to train with %d workers", grid_name, len(pending), workers)
+    chosen = make_launcher(launcher, workers=workers, threads_per_worker=threads_per_worker, gpus=gpus,
+                           gpus_per_run=gpus_per_run, slurm=slurm)
+    options = replace(options or TrainOptions(), device=device,
+                      runs_dir=str(runs_dir) if runs_dir else None,
+                      checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
+    log.info("grid %s: %d runs to train; launcher settings %s", grid_name, len(pending),
+             json.dumps(chosen.settings()))
     if dry_run or not pending:
         return {r.run_id: "pending" for r in pending}
-    threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+    return chosen.launch(grid_name, pending, options)
 
-    results: dict[str, str] = {}
-    from tqdm import tqdm
 
-    with futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        jobs = {
-            pool.submit(_worker, grid_name, r.run_id, threads,
-                        str(runs_dir) if runs_dir else None,
-                        str(checkpoint_dir) if checkpoint_dir else None, device): r.run_id
-            for r in pending
-        }
-        for job in tqdm(futures.as_completed(jobs), total=len(jobs), desc=f"sweep {grid_name}"):
-            run_id = jobs[job]
-            try:
-                _, status, loss = job.result()
-                results[run_id] = status
-                log.info("grid %s: %s %s (validation loss %s)", grid_name, run_id, status, loss)
-            except Exception:  # one failed run must not stop the others; it is rerun next time
-                log.exception("grid %s: run %s failed", grid_name, run_id)
-                results[run_id] = "failed"
-    return results
+# ---- command line ------------------------------------------------------------------------------
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `isodepth sweep`; sweep_command runs the parsed result."""
+    parser.add_argument("grid", help="grid name in data/grids (paper, micro, tiny, ...) or a YAML path")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                        help="local: CPU process pool; multi-gpu: one run per local GPU; slurm: array job via submitit")
+    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (local launcher)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker or per run")
+    parser.add_argument("--runs", nargs="*", default=None, help="only these run ids")
+    parser.add_argument("--max-budget", type=float, default=None, help="only budgets up to this many FLOPs")
+    parser.add_argument("--device", default=None,
+                        help="torch device of each run (default: cpu for the local launcher, cuda otherwise)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the launcher settings and the runs that would be trained, then stop")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--compile", action="store_true", help="compile each model with torch.compile")
+    training.add_argument("--data-dir", default=None, help="folder of pre-packed parquet shards to train on")
+    training.add_argument("--micro-batch-rows", type=int, default=None, help="rows per forward pass on each rank")
+    training.add_argument("--eval-batch-rows", type=int, default=None,
+                          help="rows per validation forward pass on each rank (default 32)")
+    training.add_argument("--checkpoint-every-s", type=float, default=120.0,
+                          help="seconds between resumable checkpoints (default 120)")
+    training.add_argument("--checkpoint-every-steps", type=int, default=None,
+                          help="also checkpoint every this many optimiser steps")
+
+    gpus = parser.add_argument_group("multi-gpu and slurm")
+    gpus.add_argument("--gpus", default=None,
+                      help="comma-separated GPU ids for the multi-gpu launcher (default: all visible)")
+    gpus.add_argument("--gpus-per-run", type=int, default=1,
+                      help="GPUs per run; above 1 a run is data-parallel over them (default 1)")
+
+    slurm = parser.add_argument_group("slurm")
+    slurm.add_argument("--slurm-partition", default=None, help="partition to submit to")
+    slurm.add_argument("--slurm-time-min", type=int, default=24 * 60,
+                       help="time limit per job attempt in minutes; a run that outlives it is requeued and resumes")
+    slurm.add_argument("--slurm-cpus-per-task", type=int, default=8, help="CPUs per task (per rank)")
+    slurm.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per node in GB")
+    slurm.add_argument("--slurm-array-parallelism", type=int, default=64, help="array tasks running at once")
+    slurm.add_argument("--slurm-account", default=None)
+    slurm.add_argument("--slurm-qos", default=None)
+    slurm.add_argument("--slurm-constraint", default=None)
+    slurm.add_argument("--slurm-max-timeouts", type=int, default=3,
+                       help="requeues after hitting the time limit (preemptions do not count)")
+    slurm.add_argument("--slurm-signal-delay-s", type=int, default=120,
+                       help="seconds before the time limit at which SLURM sends SIGUSR2 to save and requeue")
+    slurm.add_argument("--slurm-setup", action="append", default=[],
+                       help="shell line run before each job, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option, e.g. reservation=abc (repeatable)")
+    slurm.add_argument("--slurm-folder", default=None, help="submitit log folder (default logs/slurm/GRID)")
+    slurm.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), default="slurm",
+                       help="submitit executor (default slurm); local and debug run the jobs on this machine")
+    slurm.add_argument("--wait", action="store_true", help="wait for the SLURM jobs to end and report their status")
+
+
+def _slurm_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm-option {pair!r} is not KEY=VALUE, e.g. reservation=abc")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def sweep_command(args) -> int:
+    """Run `isodepth sweep` from parsed add_sweep_arguments options; return the exit status."""
+    from .launchers import SlurmSettings, TrainOptions
+
+    device = args.device or ("cpu" if args.launcher == "local" else "cuda")
+    slurm = SlurmSettings(
+        partition=args.slurm_partition, time_min=args.slurm_time_min, gpus_per_run=args.gpus_per_run,
+        cpus_per_task=args.slurm_cpus_per_task, mem_gb=args.slurm_mem_gb,
+        array_parallelism=args.slurm_array_parallelism, account=args.slurm_account, qos=args.slurm_qos,
+        constraint=args.slurm_constraint, max_timeouts=args.slurm_max_timeouts,
+        signal_delay_s=args.slurm_signal_delay_s, setup=tuple(args.slurm_setup),
+        additional=_slurm_options(args.slurm_option), folder=args.slurm_folder,
+        cluster=args.slurm_cluster, wait=args.wait)
+    options = TrainOptions(compile_model=args.compile, data_dir=args.data_dir,
+                           checkpoint_every_s=args.checkpoint_every_s,
+                           checkpoint_every_steps=args.checkpoint_every_steps,
+                           micro_batch_rows=args.micro_batch_rows, eval_batch_rows=args.eval_batch_rows)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    if args.dry_run:
+        launcher = make_launcher(args.launcher, workers=args.workers, threads_per_worker=args.threads,
+                                 gpus=gpus, gpus_per_run=args.gpus_per_run, slurm=slurm)
+        print("# launcher " + json.dumps({**launcher.settings(), "device": device}))
+    results = run_sweep(args.grid, workers=args.workers, threads_per_worker=args.threads, only=args.runs,
+                        max_budget=args.max_budget, device=device, dry_run=args.dry_run,
+                        launcher=args.launcher, gpus=gpus, gpus_per_run=args.gpus_per_run, slurm=slurm,
+                        options=options)
+    if args.dry_run:
+        for run_id in results:
+            print(run_id)
+        return 0
+    failed = [k for k, v in results.items() if v == "failed"]
+    if failed:
+        log.error("%d runs failed: %s; rerun the sweep to retry them", len(failed), ", ".join(failed))
+    return 1 if failed else 0
