@@ -36,7 +36,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     numbers = tmp_path / "paper" / "generated" / "numbers.tex"
     run_notebook(paths.ROOT / "notebooks" / "fit.ipynb",
                  {"runs_csv": str(runs_csv), "joint_json": str(fits), "numbers_tex": str(numbers),
-                  "grid": "tiny", "n_starts": 40, "n_bootstrap": 8},
+                  "grid": "tiny", "n_starts": 40, "n_bootstrap": 8, "n_bootstrap_per_r": 4},
                  [fits, numbers])
     assert "\\newcommand{\\phiFit}" in numbers.read_text()
 
