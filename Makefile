@@ -102,7 +102,9 @@ $(LR_FIG) $(LR_NUMBERS) &: notebooks/lr_sweep.ipynb $(LR_CSV) data/grids/micro.y
 	$(NOTEBOOK) notebooks/lr_sweep.ipynb -p runs_csv $(LR_CSV) -p figure_pdf $(LR_FIG) \
 	  -p numbers_tex $(LR_NUMBERS) -o $(LR_FIG) -o $(LR_NUMBERS)
 
-$(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) | $(STAMPS)/venv
+FIT_CODE := $(wildcard code/isodepth/fit/*.py) code/isodepth/paper_numbers.py code/isodepth/report.py
+
+$(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) $(FIT_CODE) data/grids/micro.yaml | $(STAMPS)/venv
 	@mkdir -p $(dir $(JOINT_JSON)) $(dir $(NUMBERS))
 	$(NOTEBOOK) notebooks/fit.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
 	  -p numbers_tex $(NUMBERS) -o $(JOINT_JSON) -o $(NUMBERS)

@@ -15,7 +15,17 @@ def grid_macros(grid_name: str, runs: pd.DataFrame) -> dict[str, str]:
     arch = grid.spec["model"]
     widths = sorted({r.model.d_model for r in planned})
     budgets = sorted(grid.budgets)
+    trained = set(runs["run_id"]) if "run_id" in runs.columns else set()
+    complete = [b for b in budgets if all(r.run_id in trained for r in planned if r.budget == b)]
+    if len(complete) == len(budgets):
+        coverage = "every planned run"
+    elif len(complete) == runs["budget"].nunique():
+        coverage = f"every run of the lowest {len(complete)} budgets"
+    else:
+        coverage = f"every run of the lowest {len(complete)} budgets and part of the next"
     return {
+        "microCompleteBudgets": str(len(complete)),
+        "microCoverage": coverage,
         "microDepth": str(arch["effective_depth"]),
         "microPrelude": str(arch["n_prelude"]),
         "microCoda": str(arch["n_coda"]),
