@@ -44,7 +44,7 @@ class ParamCounts:
 
 
 def layer_params(d_model: int) -> int:
-    """One transformer layer: 4 d^2 attention + 8 d^2 MLP + two norm scales."""
+    """Count the parameters of one transformer layer: 4 d^2 attention + 8 d^2 MLP + two norm scales."""
     return 12 * d_model * d_model + 2 * d_model
 
 

@@ -31,7 +31,7 @@ def save_checkpoint(model: LoopedLM, folder: Path, metadata: dict | None = None)
 def load_config(folder: Path) -> tuple[ModelConfig, dict]:
     path = Path(folder) / CONFIG
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; a checkpoint folder holds {WEIGHTS} and {CONFIG}")
+        raise FileNotFoundError(f"{path} not found; a checkpoint folder contains {WEIGHTS} and {CONFIG}")
     meta = json.loads(path.read_text())
     if "model" not in meta:
         raise ValueError(f"{path} has no 'model' section with the model configuration")

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands defined next to the code they drive."""
-    from . import collect, corpus_cli, fit_cli
+    from . import collect, corpus_cli
+    from .fit import cli as fit_cli
     from . import paper_data
     from .evaluate import cli as evaluate_cli
     from .release import cli as release_cli

@@ -3,7 +3,7 @@
 Every document is prefixed with BOS and the documents are concatenated, then cut into disjoint
 rows of seq_len + 1 tokens (inputs and shifted targets). Training rows are put in one fixed
 shuffled order, so every run reads the same stream and a run of n steps reads its first
-n * batch rows: no run sees a training token twice.
+n * batch rows. No run reads a training token twice.
 """
 
 from __future__ import annotations
@@ -97,5 +97,5 @@ class TrainRows:
 
 
 def validation_rows(stream: np.ndarray, seq_len: int) -> torch.Tensor:
-    """All validation rows in corpus order, shape (n_rows, seq_len + 1)."""
+    """Return all validation rows in corpus order, shape (n_rows, seq_len + 1)."""
     return torch.from_numpy(pack_rows(stream, seq_len + 1).astype(np.int64))

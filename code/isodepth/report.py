@@ -43,7 +43,7 @@ def write_numbers(path: Path, numbers: dict[str, str], header: str = "") -> None
 
 
 def booktabs(columns: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """A booktabs tabular with a header row; cells are already formatted strings."""
+    """Render a booktabs tabular with a header row from cells that are already formatted strings."""
     align = align or "l" + "r" * (len(columns) - 1)
     out = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(columns) + " \\\\", "\\midrule"]
     for row in rows:

@@ -1,8 +1,8 @@
 """Train every unfinished run of a grid with a launcher: local process pool, local GPUs or SLURM.
 
 A run whose record exists is skipped, and a run with a checkpoint resumes from it. A run that
-fails is logged while the sweep goes on, so one bad run never loses the others, and the next
-sweep retries it. The launchers live in isodepth.launchers.
+raises is logged and the sweep goes on with the others. The next sweep retries it because it
+has no record. The launchers live in isodepth.launchers.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def build_model_card(cfg: ModelConfig, metadata: dict) -> ModelCard:
         "logits = model(token_ids)  # (batch, T) int64 -> (batch, T, vocab) soft-capped logits",
         "```",
         "",
-        f"Files: `model.safetensors` (weights), `config.json` (model configuration and run metadata)"
+        "Files: `model.safetensors` (weights), `config.json` (model configuration and run metadata)"
         + (f", `{TOKENIZER_NAME}` (Hugging Face `tokenizers` BPE)." if metadata.get("tokenizer") else
            ". No tokenizer is included."),
         "",
