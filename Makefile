@@ -126,10 +126,14 @@ $(FIT_TABLES) &: notebooks/tables.ipynb $(JOINT_JSON) | $(STAMPS)/venv
 	  -p per_r_tex paper/generated/tables/per_r_fits.tex -p residuals_tex paper/generated/tables/residuals.tex \
 	  -p headline_tex paper/generated/tables/headline.tex $(foreach t,$(FIT_TABLES),-o $(t))
 
-# ---- paper ------------------------------------------------------------------------------
+# ---- one fragment per topic: each adds its rules, PAPER_INPUTS and GENERATED ------------
 
 PAPER_INPUTS := paper/paper.tex paper/references.bib $(NUMBERS) $(JOINT_TABLE) $(ISOFLOPS_FIG) \
 	$(LR_FIG) $(LR_NUMBERS) $(FIT_TABLES) $(CO_FIGS)
+GENERATED :=
+include $(sort $(wildcard make/*.mk))
+
+# ---- paper ------------------------------------------------------------------------------
 
 paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 	cd paper && latexmk -pdf -interaction=nonstopmode -halt-on-error -file-line-error -quiet paper.tex
@@ -152,7 +156,7 @@ test: $(STAMPS)/venv $(STAMPS)/tex
 
 clean:
 	rm -rf data/derived/runs.csv data/derived/runs-micro-lr.csv data/derived/fits paper/generated \
-	  figures/*.pdf notebooks/executed
+	  figures/*.pdf notebooks/executed $(GENERATED)
 	cd paper && latexmk -C -quiet paper.tex 2>/dev/null || true
 
 distclean: clean

@@ -392,7 +392,20 @@ def test_micro_case_study_tokens_fit_corpus(grid_name, train_rows):
 def test_micro_case_study_family(grid_name):
     spec = load_grid(grid_name).spec
     assert spec["model"] == load_grid("micro").spec["model"]
-    assert spec["recipe"] == load_grid("micro").spec["recipe"]
+    recipe = dict(load_grid("micro").spec["recipe"])
+    if grid_name == "micro-lr-transfer":
+        recipe["muon_lr_plain"] = None  # the sweep sets the r = 1 rate itself
+    assert spec["recipe"] == recipe
+
+
+def test_lr_transfer_sweeps_the_plain_rate_too():
+    # Every r = 1 run of a series trains at its own peak rate, five rates around 0.017.
+    runs = [run for run in load_grid("micro-lr-transfer").runs() if run.r == 1]
+    assert len(runs) == 25
+    series = {}
+    for run in runs:
+        series.setdefault(run.run_id.rsplit("-lr", 1)[0], set()).add(round(run.learning_rates["muon"], 8))
+    assert len(series) == 5 and all(len(rates) == 5 for rates in series.values())
 
 
 # ---- grid keys and their errors ----------------------------------------------------------------

@@ -15,8 +15,9 @@ NOTEBOOKS = sorted((paths.ROOT / "notebooks").glob("*.ipynb"))
 
 
 def makefile_parameters() -> dict[str, set[str]]:
-    """Map notebook file name -> parameter names passed with -p in the Makefile."""
-    text = (paths.ROOT / "Makefile").read_text().replace("\\\n", " ")
+    """Map notebook file name -> parameter names passed with -p in the Makefile and its fragments."""
+    makefiles = [paths.ROOT / "Makefile", *sorted((paths.ROOT / "make").glob("*.mk"))]
+    text = "\n".join(f.read_text() for f in makefiles).replace("\\\n", " ")
     found: dict[str, set[str]] = {}
     for line in text.splitlines():
         match = re.search(r"\$\(NOTEBOOK\)\s+notebooks/(\S+\.ipynb)(.*)", line)
