@@ -135,9 +135,10 @@ class MatmulReference:
         return total
 
 
-def bench_case(case: Case, device: torch.device, repeats: int, compile_model: bool) -> dict:
+def bench_case(case: Case, device: torch.device, repeats: int, compile_model: bool, loss: str = "fused") -> dict:
     torch.manual_seed(0)
     model = LoopedLM(case.cfg).to(device)
+    model.fused_loss = loss == "fused" and not compile_model
     optimizers = build_optimizers(model, Recipe(), Recipe().learning_rates(case.cfg.d_model, case.tokens_per_step,
                                                                            10**9, case.cfg.looped))
     forward = torch.compile(model) if compile_model else model
@@ -178,7 +179,7 @@ def bench_case(case: Case, device: torch.device, repeats: int, compile_model: bo
     step_tokens_per_s = case.tokens_per_step / (accumulation * t_model + optimizer_seconds)
     peak = peak_flops(device)
     return {
-        "label": case.label, "d_model": case.cfg.d_model, "recurrences": case.cfg.recurrences,
+        "label": case.label, "loss": "fused" if model.fused_loss else "plain", "d_model": case.cfg.d_model, "recurrences": case.cfg.recurrences,
         "seq_len": case.cfg.seq_len, "rows": case.rows, "tokens_per_step": case.tokens_per_step,
         "flops_per_token": flops_per_token,
         "tokens_per_s": tokens_per_s, "model_tflops": flops_per_token * tokens_per_s / 1e12,
@@ -195,11 +196,11 @@ def percent(value: float | None) -> str:
 
 
 def print_table(results: list[dict]) -> None:
-    print("| model | d | r | context x rows | tokens/s (fwd+bwd) | model TFLOP/s | matmul TFLOP/s "
+    print("| model | loss | d | r | context x rows | tokens/s (fwd+bwd) | model TFLOP/s | matmul TFLOP/s "
           "| of matmul | MFU | optimiser step s | tokens per step | tokens/s per whole step | of matmul per whole step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['label']} | {r['d_model']} | {r['recurrences']} | {r['seq_len']} x {r['rows']} "
+        print(f"| {r['label']} | {r['loss']} | {r['d_model']} | {r['recurrences']} | {r['seq_len']} x {r['rows']} "
               f"| {r['tokens_per_s']:,.0f} | {r['model_tflops']:.4f} | {r['matmul_tflops']:.4f} "
               f"| {percent(r['of_matmul'])} | {percent(r['mfu'])} | {r['optimizer_s']:.2f} "
               f"| {r['tokens_per_step']:,} | {r['step_tokens_per_s']:,.0f} | {percent(r['step_of_matmul'])} |")
@@ -218,6 +219,9 @@ def main() -> None:
                         help="timed micro-batches per width, of which the median counts (default 3 on CPU, 5 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--loss", choices=("fused", "plain", "both"), default="fused",
+                        help="fused: chunked projection + soft-cap + cross-entropy (isodepth.loss, the "
+                             "trainer's default); plain: the unfused PyTorch ops; both: one row each, in one run")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default=None,
                         help="wall: elapsed time; cpu: this process's CPU time (default cpu on CPU, wall on CUDA)")
     args = parser.parse_args()
@@ -247,7 +251,8 @@ def main() -> None:
           f"repeats: {repeats}\n")
 
     started = time.perf_counter()
-    results = [bench_case(case, device, repeats, args.compile) for case in cases]
+    losses = ("fused", "plain") if args.loss == "both" else (args.loss,)
+    results = [bench_case(case, device, repeats, args.compile, loss) for case in cases for loss in losses]
     print_table(results)
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
 

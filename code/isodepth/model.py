@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .loss import softcap_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -120,6 +121,9 @@ class LoopedLM(nn.Module):
         self.coda = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_coda))
         self.norm_final = RMSNorm(d, cfg.norm_eps)
         self.lm_head = nn.Linear(d, cfg.padded_vocab_size, bias=False)
+        # Given targets, compute the loss with the chunked, fused projection + soft-cap +
+        # cross-entropy of isodepth.loss; False selects the plain PyTorch ops (for torch.compile).
+        self.fused_loss = True
 
         self.inject = None
         self.hyper = None
@@ -201,6 +205,8 @@ class LoopedLM(nn.Module):
         h = self._run(self.coda, h, T)
         h = self.norm_final(h)
 
+        if targets is not None and self.fused_loss:
+            return softcap_cross_entropy(h, self.lm_head.weight, targets, self.cfg.vocab_size, self.cfg.softcap)
         logits = self.lm_head(h)[..., : self.cfg.vocab_size].float()
         logits = self.cfg.softcap * torch.tanh(logits / self.cfg.softcap)
         if targets is None:

@@ -458,6 +458,8 @@ def _restore(target: StateFile, run: PlannedRun, model, optimizers, device) -> t
 
 def _wrap_model(model: LoopedLM, context: DistributedContext, compile_model: bool):
     """Return (forward, train_forward): the model, compiled if asked, and that module under DDP when distributed."""
+    if compile_model:
+        model.fused_loss = False  # the compiler fuses the plain loss itself; it would unroll the chunk loop
     forward = torch.compile(model) if compile_model else model
     if not context.is_distributed:
         return forward, forward
