@@ -1,4 +1,11 @@
-"""Collect run records into one schema-checked table (data/derived/runs.csv)."""
+"""Collect run records into one schema-checked table (data/derived/runs.csv).
+
+collect() reads every record in the folders of the named grids. collect_grid() follows a
+grid spec instead. It reads the grid's own planned runs and the runs it reuses from other
+grids, and each row keeps the grid and run id of its record. It also returns a Coverage that
+names every planned run without a usable record, so a grid still in training can be
+collected without failing.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +14,21 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .io import atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["grid", "run_id", "variant", "budget", "r", "size", "d_model", "effective_depth",
            "recur_layers", "n_once", "n_rec",
-           "n_total", "flops_per_token", "steps", "tokens", "loss", "validation_tokens", "muon_lr", "train_time_s", "status"]
+           "n_total", "flops_per_token", "steps", "tokens", "loss", "validation_tokens", "muon_lr", "train_time_s", "status",
+           "injection", "grad_recurrences"]
+
+COVERAGE_SCHEMA = "isodepth.coverage/1"
+MISSING, EXCLUDED, COLLECTED = "missing", "excluded", "collected"
 
 
 def _recur_layers(record: dict) -> int:
@@ -39,6 +51,8 @@ def _row(record: dict, source: Path) -> dict:
             "recur_layers": _recur_layers(record),
             "n_once": int(record["accounting"]["n_once"]), "n_rec": int(record["accounting"]["n_rec"]),
             "n_total": int(record["accounting"]["n_total"]),
+            # Truncated BPTT counts its detached recurrences as forward-only here, so at one
+            # budget such a run takes more tokens than its full-backprop twin.
             "flops_per_token": float(record["accounting"]["flops_per_token"]),
             "steps": int(record["training"]["steps"]), "tokens": int(record["training"]["tokens"]),
             "loss": record["final_val_loss"], "validation_tokens": int(record["validation_tokens"]),
@@ -46,10 +60,23 @@ def _row(record: dict, source: Path) -> dict:
             "muon_lr": float(record["training"]["recipe"]["muon_lr"]),
             "train_time_s": float(record["train_time_s"]),
             "status": record["status"],
+            # Records written before these fields existed had linear injection and full backprop.
+            "injection": record["model"].get("injection", "linear"),
+            "grad_recurrences": int(record["model"].get("grad_recurrences") or record["r"]),
         }
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"run record {source} is malformed ({err!r}); retrain the run or delete the record") from err
     return row
+
+
+def _exclusion(row: dict) -> str | None:
+    """Why a run cannot enter a fit, or None when it can."""
+    loss = row["loss"]
+    if row["status"] != "completed":
+        return f"status {row['status']}"
+    if loss is None or not math.isfinite(loss) or loss <= 0:
+        return f"validation loss {loss!r} is not a positive number"
+    return None
 
 
 def collect(grids: list[str], runs_dir: Path | None = None) -> tuple[list[dict], list[str]]:
@@ -62,17 +89,97 @@ def collect(grids: list[str], runs_dir: Path | None = None) -> tuple[list[dict],
             raise FileNotFoundError(f"no run records for grid {grid!r} in {folder}; train it with `make runs GRID={grid}`")
         for path in sorted(folder.glob("*/record.json")):
             row = _row(json.loads(path.read_text()), path)
-            loss = row["loss"]
-            if row["status"] != "completed":
-                excluded.append(f"{row['run_id']}: status {row['status']}")
-                continue
-            if loss is None or not math.isfinite(loss) or loss <= 0:
-                excluded.append(f"{row['run_id']}: validation loss {loss!r} is not a positive number")
+            reason = _exclusion(row)
+            if reason:
+                excluded.append(f"{row['run_id']}: {reason}")
                 continue
             rows.append(row)
     for message in excluded:
         log.warning("excluded run %s", message)
     return rows, excluded
+
+
+@dataclass
+class Coverage:
+    """Record status of every planned run of a grid, its own and the reused ones.
+
+    Each entry of runs has the planned grid, run_id, budget (FLOPs), r, size, variant,
+    injection, tokens (planned training tokens), source ("own" or "reused"), state
+    ("collected", "missing": no record yet, or "excluded": diverged or unfinished) and
+    reason. unplanned lists records in the grid's folder that the spec does not plan
+    (left over from an older spec); they are collected too.
+    """
+
+    grid: str
+    runs: list[dict] = field(default_factory=list)
+    unplanned: list[str] = field(default_factory=list)
+
+    def count(self, state: str | None = None) -> int:
+        return sum(1 for run in self.runs if state is None or run["state"] == state)
+
+    def to_dict(self) -> dict:
+        return {"grid": self.grid, "n_planned": self.count(), "n_collected": self.count(COLLECTED),
+                "n_missing": self.count(MISSING), "n_excluded": self.count(EXCLUDED),
+                "runs": self.runs, "unplanned": self.unplanned}
+
+
+def collect_grid(name: str, runs_dir: Path | None = None, reuse: bool = True) -> tuple[list[dict], Coverage]:
+    """Read the records of a grid's planned runs, and of the runs it reuses unless reuse is False.
+
+    A planned run without a record is reported as missing, and one that diverged or did not
+    finish as excluded; neither raises. Rows come in run-id order for the grid's own runs,
+    then the reused runs in the order of the reuse entries and of their grids' plans.
+    """
+    from .grids import load_grid, reused_plans
+
+    runs_dir = Path(runs_dir or paths.RUNS)
+    grid = load_grid(name)
+    planned = [(run, "own") for run in sorted(grid.runs(), key=lambda run: run.run_id)]
+    if reuse:
+        planned += [(run, "reused") for run in reused_plans(grid)]
+
+    coverage = Coverage(grid=grid.name)
+    rows = []
+    for run, source in planned:
+        entry = {"grid": run.grid, "run_id": run.run_id, "budget": run.budget, "r": run.r, "size": run.size,
+                 "variant": run.variant, "injection": run.model.injection, "tokens": run.tokens,
+                 "source": source, "state": MISSING, "reason": "not trained yet"}
+        path = runs_dir / run.grid / run.run_id / "record.json"
+        if path.exists():
+            row = _row(json.loads(path.read_text()), path)
+            if (row["grid"], row["run_id"]) != (run.grid, run.run_id):
+                raise ValueError(f"run record {path} names the run {row['grid']}/{row['run_id']}; move it "
+                                 f"to data/runs/{row['grid']}/{row['run_id']}/ or delete it")
+            reason = _exclusion(row)
+            entry["state"], entry["reason"] = (EXCLUDED, reason) if reason else (COLLECTED, "")
+            if not reason:
+                rows.append(row)
+        coverage.runs.append(entry)
+
+    planned_ids = {run.run_id for run, source in planned if source == "own"}
+    folder = runs_dir / grid.name
+    for path in sorted(folder.glob("*/record.json")) if folder.is_dir() else []:
+        if path.parent.name in planned_ids:
+            continue
+        row = _row(json.loads(path.read_text()), path)
+        coverage.unplanned.append(row["run_id"])
+        if _exclusion(row) is None:
+            rows.append(row)
+        log.warning("grid %s: record %s is not a planned run of the grid spec; collected anyway", grid.name, path)
+
+    _log_coverage(coverage)
+    return rows, coverage
+
+
+def _log_coverage(coverage: Coverage) -> None:
+    for run in coverage.runs:
+        if run["state"] == EXCLUDED:
+            log.warning("excluded run %s/%s: %s", run["grid"], run["run_id"], run["reason"])
+    missing = [f"{run['grid']}/{run['run_id']}" for run in coverage.runs if run["state"] == MISSING]
+    if missing:
+        listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        log.warning("grid %s: %d of %d planned runs are not trained yet: %s", coverage.grid, len(missing),
+                    coverage.count(), listed)
 
 
 def write_csv(rows: list[dict], out: Path) -> None:
@@ -84,10 +191,37 @@ def write_csv(rows: list[dict], out: Path) -> None:
     atomic_write_text(out, buffer.getvalue())
 
 
+def write_coverage(coverages: list[Coverage], out: Path) -> None:
+    """Write the coverage of each collected grid as JSON, the input for "not trained yet" notes."""
+    atomic_write_json(out, {"schema": COVERAGE_SCHEMA, "grids": [c.to_dict() for c in coverages]})
+
+
 def _command(args) -> int:
-    rows, excluded = collect(args.grids)
+    from .grids import grid_path
+
+    rows, coverages, n_excluded, seen = [], [], 0, set()
+    for name in args.grids:
+        try:
+            grid_path(name)
+        except FileNotFoundError:
+            # No spec: read whatever the grid's folder holds, as before specs had reuse.
+            grid_rows, excluded = collect([name])
+            n_excluded += len(excluded)
+        else:
+            grid_rows, coverage = collect_grid(name, reuse=not args.no_reuse)
+            coverages.append(coverage)
+            n_excluded += coverage.count(EXCLUDED)
+        for row in grid_rows:
+            key = (row["grid"], row["run_id"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
     write_csv(rows, args.out)
-    log.info("wrote %d runs to %s (%d excluded)", len(rows), args.out, len(excluded))
+    if args.coverage:
+        write_coverage(coverages, args.coverage)
+    missing = sum(c.count(MISSING) for c in coverages)
+    log.info("wrote %d runs to %s (%d excluded, %d planned runs not trained yet)", len(rows), args.out,
+             n_excluded, missing)
     return 0
 
 
@@ -95,4 +229,9 @@ def add_command(sub) -> None:
     parser = sub.add_parser("collect", help="collect run records into a CSV table")
     parser.add_argument("grids", nargs="+", help="grid names under data/runs")
     parser.add_argument("--out", type=Path, default=paths.DERIVED / "runs.csv")
+    parser.add_argument("--coverage", type=Path, default=None,
+                        help="also write a JSON file that lists every planned run as collected, missing "
+                             "(not trained yet) or excluded")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="leave out the runs that a grid reuses from other grids")
     parser.set_defaults(func=_command)
