@@ -21,7 +21,7 @@ from isodepth.evaluate.metrics import ContinuationLogprob, process_choice, proce
 from isodepth.evaluate.results import load_results
 from isodepth.evaluate.run import evaluate_checkpoint, evaluate_run
 from isodepth.evaluate.sources import (
-    AXES, TASKS, DatasetMissing, _bigbench_json, clip_passage, format_number, load_task_dataset,
+    AXES, TASKS, DatasetMissing, _bigbench_hf, clip_passage, fetch, format_number, load_task_dataset,
     read_task_file, resolve_tasks, task_spec, write_task_file,
 )
 from isodepth.model import LoopedLM
@@ -104,10 +104,36 @@ def test_format_number():
 
 
 def test_bigbench_records():
-    choice = _bigbench_json("valid_parentheses", {"input": "( )", "target_scores": {"Valid": 1, "Invalid": 0}})
+    # Rows as tasksource/bigbench on the Hugging Face hub has them.
+    choice = _bigbench_hf("bigbench_cs_algorithms", {"inputs": "( )", "targets": ["Valid"],
+                                                     "multiple_choice_targets": ["Valid", "Invalid"],
+                                                     "multiple_choice_scores": [1, 0]})
     assert choice == {"prompt": "Sequence: ( )\nValid/Invalid?", "choices": [" Valid", " Invalid"], "gold": 0}
-    cloze = _bigbench_json("qa_wikidata", {"input": "The capital of Peru is", "target": ["Lima", "lima"]})
+    cloze = _bigbench_hf("bigbench_qa_wikidata", {"inputs": "The capital of Peru is", "targets": ["Lima", "lima"],
+                                                  "multiple_choice_targets": [], "multiple_choice_scores": []})
     assert cloze == {"prompt": "The capital of Peru is", "answer": " Lima"}
+    dyck = _bigbench_hf("bigbench_dyck", {"inputs": "[ (", "targets": [") ]"],
+                                          "multiple_choice_targets": [") ]", "]"], "multiple_choice_scores": [1, 0]})
+    assert dyck == {"prompt": "Input: [ (\nOutput:", "answer": " ) ]"}
+
+
+def test_bigbench_is_hub_only(tmp_path):
+    for key in ("bigbench_dyck", "bigbench_qa_wikidata", "bigbench_cs_algorithms"):
+        spec = task_spec(key)
+        assert spec.package is None
+        assert "--source hf" in spec.fetch_hint()
+        assert "--source bigbench" not in spec.fetch_hint()
+    with pytest.raises(ValueError, match=r"only release of `bigbench` on PyPI is 0\.0\.1.*--source hf"):
+        fetch("bigbench", download_dir=tmp_path, data_dir=tmp_path)
+
+
+def test_fetch_bigbench_command_line_rejected():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "isodepth.cli", "eval", "fetch", "--source", "bigbench"],
+                          cwd=paths.ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "source 'bigbench' is not available" in proc.stderr
+    assert "tasksource/bigbench" in proc.stderr
 
 
 def test_task_file_shuffle_cap_and_pool(tmp_path):
@@ -237,6 +263,7 @@ def test_evaluate_run_writes_downstream_json(tmp_path):
         assert task["loss"] == pytest.approx(UNIFORM_LOSS, abs=1e-5)
         assert task["n_examples"] == 3
         assert task["task_version"] == 1.0
+        assert task["n_tokens"] >= 3  # at least one token per gold continuation
     assert summary["tasks"]["varassign_d0_math"]["num_fewshot"] == 5
     assert summary["axes"]["reasoning_primitives"]["loss"] == pytest.approx(UNIFORM_LOSS, abs=1e-5)
     assert "triviaqa" in summary["skipped"]

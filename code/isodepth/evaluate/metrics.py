@@ -69,6 +69,7 @@ def _loss_entries(doc: dict, logprob: float) -> dict:
     return {
         "loss": (nats, token_count(logprob)),
         "loss_per_byte": (nats, n_bytes),
+        "n_tokens": token_count(logprob),
     }
 
 
@@ -114,6 +115,13 @@ def token_weighted_loss(items: list) -> float:
     if total_tokens == 0:
         return math.nan
     return sum(nats for nats, _ in items) / total_tokens
+
+
+def total_tokens(items: list) -> float:
+    """Return the summed gold-continuation token counts of a task, or NaN when a count is missing."""
+    if not items or any(n_tokens is None for n_tokens in items):
+        return math.nan
+    return float(sum(items))
 
 
 def byte_weighted_loss(items: list) -> float:

