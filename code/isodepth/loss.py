@@ -1,15 +1,20 @@
-"""Cross-entropy of soft-capped logits, fused with the output projection and computed in row chunks.
+"""Cross-entropy of soft-capped logits with the element-wise work fused into one pass.
 
-The unfused loss materialises the logits of every token (tokens x vocabulary floats), then runs
-the soft-cap, the log-softmax and their backward passes over that whole array, each one a pass
-through main memory. At the study's vocabulary of 32,001 a micro-batch of 512 tokens produces
-65 MB of logits, twice the 32 MiB last-level cache of the CPUs we train on. Here the projection, the
-soft-cap, the log-sum-exp and the gradient run on a few rows at a time, so each chunk of logits
-stays in cache from its matmul to its gradient, and the full logits array never exists.
+The plain loss runs the soft-cap, the log-softmax and their backward passes each over the whole
+logits array (tokens x vocabulary floats) and keeps three such arrays for backward. At the
+study's vocabulary of 32,001 a micro-batch of 512 tokens produces 65 MB of logits, twice the
+32 MiB last-level cache of the CPUs we train on, so every pass goes through main memory.
 
-The gradient is computed during the forward pass, where the chunk's logits are at hand, and
-kept until backward, which only scales it by the incoming gradient. That is exact because the
-loss is a scalar at the end of the graph. With z = c tanh(l / c) and p = softmax(z):
+Here the projection is one matmul, as before. Then a single pass over row chunks, each small
+enough to stay in cache, applies the soft-cap, takes the log-sum-exp and the loss, and
+overwrites the chunk's logits with their gradient. Two matmuls give the gradients of the
+hidden states and of the projection. Only the one logits buffer is kept. (Chunking the
+matmuls as well would re-read the whole projection matrix for every chunk, which costs more
+than it saves at these widths.)
+
+The gradient is computed during the forward pass, where the logits are at hand, and kept until
+backward, which only scales it by the incoming gradient. That is exact because the loss is a
+scalar at the end of the graph. With z = c tanh(l / c) and p = softmax(z):
 
     dLoss/dz = (p - onehot(target)) / n,   dz/dl = 1 - tanh(l / c)^2,
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_BYTES = 4 * 2**20  # float32 logits per chunk: small enough to stay in a core's cache share
+CHUNK_BYTES = 2 * 2**20  # float32 logits per chunk; the pass keeps two such arrays in cache
 
 
 def chunk_rows(vocab_size: int) -> int:
@@ -42,28 +47,29 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         n = h.size(0)
         w = weight[:vocab_size]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(h) if want_h else None
         dtype = torch.promote_types(h.dtype, torch.float32)  # dtype of the logits: float32 or wider
-        grad_w = torch.zeros_like(weight, dtype=dtype) if want_w else None
+        logits = (h @ w.t()).to(dtype)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         for start in range(0, n, rows_per_chunk):
-            stop = min(start + rows_per_chunk, n)
-            hc, tc = h[start:stop], targets[start:stop, None]
-            t = (hc @ w.t()).to(dtype).div_(softcap).tanh_()
+            chunk = logits[start:start + rows_per_chunk]
+            tc = targets[start:start + rows_per_chunk, None]
+            t = chunk.div_(softcap).tanh_()  # in place: the chunk now holds tanh(l / c)
             z = t * softcap
             lse = torch.logsumexp(z, dim=1, keepdim=True)
             total += (lse - z.gather(1, tc)).sum(dtype=torch.float64)
             if not (want_h or want_w):
                 continue
-            g = z.sub_(lse).exp_()  # softmax, in place of z
-            g.scatter_add_(1, tc, torch.full_like(tc, -1.0, dtype=g.dtype))
-            g.mul_(t.mul_(t).neg_().add_(1.0)).div_(n)  # chain rule through the soft-cap, then the mean over rows
-            g = g.to(h.dtype)
-            if want_h:
-                grad_h[start:stop] = g @ w
-            if want_w:
-                grad_w[:vocab_size] += g.t().to(dtype) @ hc.to(dtype)
-        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if want_w else None)
+            p = z.sub_(lse).exp_()  # softmax, in place of z
+            p.scatter_add_(1, tc, torch.full_like(tc, -1.0, dtype=p.dtype))
+            # The chunk becomes dLoss/dl: through the soft-cap, then the mean over rows.
+            t.mul_(t).neg_().add_(1.0).mul_(p).div_(n)
+        grad_h = grad_w = None
+        if want_h:
+            grad_h = (logits.to(h.dtype) @ w).to(h.dtype)
+        if want_w:
+            grad_w = torch.zeros_like(weight)
+            grad_w[:vocab_size] = logits.t() @ h.to(dtype)
+        ctx.save_for_backward(grad_h, grad_w)
         return (total / n).to(dtype)
 
     @staticmethod
