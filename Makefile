@@ -11,6 +11,8 @@ ISODEPTH := $(VENV)/bin/isodepth
 STAMPS := .stamps
 GRID ?= micro
 WORKERS ?= 2
+# Split of the parameters into N_once and N_rec for every joint fit (literal or least-squares).
+CONVENTION ?= literal
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -107,7 +109,7 @@ FIT_CODE := $(wildcard code/isodepth/fit/*.py) code/isodepth/paper_numbers.py co
 $(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) $(FIT_CODE) data/grids/micro.yaml | $(STAMPS)/venv
 	@mkdir -p $(dir $(JOINT_JSON)) $(dir $(NUMBERS))
 	$(NOTEBOOK) notebooks/fit.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
-	  -p numbers_tex $(NUMBERS) -o $(JOINT_JSON) -o $(NUMBERS)
+	  -p numbers_tex $(NUMBERS) -p convention $(CONVENTION) -o $(JOINT_JSON) -o $(NUMBERS)
 
 $(ISOFLOPS_FIG) $(JOINT_TABLE) &: notebooks/isoflops.ipynb $(RUNS_CSV) $(JOINT_JSON) code/isodepth/style.py | $(STAMPS)/venv
 	@mkdir -p $(dir $(ISOFLOPS_FIG)) $(dir $(JOINT_TABLE))

@@ -35,7 +35,7 @@ $(CASE_JSON) &: notebooks/case_studies.ipynb $(RUNS_CSV) $(CASE_TABLE_INPUTS) $(
 	  -p tbptt_csv $(call CASE_CSV,micro-tbptt) -p tbptt_coverage $(call CASE_COVERAGE,micro-tbptt) \
 	  -p hyper_csv $(call CASE_CSV,micro-hyper) -p hyper_coverage $(call CASE_COVERAGE,micro-hyper) \
 	  -p ablation_csv $(call CASE_CSV,micro-ablation) -p ablation_coverage $(call CASE_COVERAGE,micro-ablation) \
-	  -p case_json $(CASE_JSON) -o $(CASE_JSON)
+	  -p case_json $(CASE_JSON) -p convention $(CONVENTION) -o $(CASE_JSON)
 
 $(CASE_FIGS) $(CASE_TABLES) $(CASE_NUMBERS) &: notebooks/case_study_figures.ipynb $(CASE_JSON) \
 		$(call CASE_CSV,micro-tbptt) $(call CASE_CSV,micro-hyper) data/reference/published.json \
