@@ -37,7 +37,7 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy over rows of softcap * tanh((h @ weight[:vocab].T) / softcap).
 
     h is (n, d), the final hidden states. weight is (padded vocabulary, d), the untied output
-    projection, whose first `vocab_size` rows are real tokens. targets is (n,), token ids in
+    projection, whose first `vocab_size` rows are real tokens; the rest get zero gradient. targets is (n,), token ids in
     [0, vocab_size).
     """
 
@@ -45,10 +45,12 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
                 softcap: float, rows_per_chunk: int) -> torch.Tensor:
         n = h.size(0)
-        w = weight[:vocab_size]
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dtype = torch.promote_types(h.dtype, torch.float32)  # dtype of the logits: float32 or wider
-        logits = (h @ w.t()).to(dtype)
+        # The whole padded projection, as in the plain model and in the FLOPs accounting. The
+        # padded columns are dropped here and get zero gradient below.
+        padded = (h @ weight.t()).to(dtype)
+        logits = padded[:, :vocab_size]
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         for start in range(0, n, rows_per_chunk):
             chunk = logits[start:start + rows_per_chunk]
@@ -64,11 +66,12 @@ class SoftcapCrossEntropy(torch.autograd.Function):
             # The chunk becomes dLoss/dl: through the soft-cap, then the mean over rows.
             t.mul_(t).neg_().add_(1.0).mul_(p).div_(n)
         grad_h = grad_w = None
+        if want_h or want_w:
+            padded[:, vocab_size:] = 0.0
         if want_h:
-            grad_h = (logits.to(h.dtype) @ w).to(h.dtype)
+            grad_h = (padded.to(h.dtype) @ weight).to(h.dtype)
         if want_w:
-            grad_w = torch.zeros_like(weight)
-            grad_w[:vocab_size] = logits.t() @ h.to(dtype)
+            grad_w = (padded.t() @ h.to(dtype)).to(weight.dtype)
         ctx.save_for_backward(grad_h, grad_w)
         return (total / n).to(dtype)
 
