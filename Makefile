@@ -37,7 +37,7 @@ FIT_TABLES := paper/generated/tables/per_r_fits.tex paper/generated/tables/resid
 	paper/generated/tables/headline.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
 
-.PHONY: all setup test runs sweep plan download bench-fit bench-train clean distclean help
+.PHONY: all setup test runs sweep plan download bench-fit bench-train bench-loss clean distclean help
 
 all: paper/paper.pdf
 
@@ -50,6 +50,7 @@ help:
 	@echo "make setup         build .venv and check for LaTeX"
 	@echo "make bench-fit     time the joint fit and its bootstrap against a plain scipy fit"
 	@echo "make bench-train   training throughput as a fraction of dense-matmul throughput (or MFU on GPU)"
+	@echo "make bench-loss    the fused output projection + soft-cap + cross-entropy against the plain ops"
 	@echo "make clean         delete generated tables, figures and the PDF"
 
 # ---- setup -------------------------------------------------------------------------------
@@ -150,6 +151,9 @@ bench-fit: $(STAMPS)/venv
 
 bench-train: $(STAMPS)/venv
 	$(PY) code/benchmarks/bench_train.py
+
+bench-loss: $(STAMPS)/venv
+	$(PY) code/benchmarks/bench_loss.py
 
 # ---- tests ------------------------------------------------------------------------------
 
