@@ -1,7 +1,12 @@
-"""End to end on the tiny grid: train, collect, fit notebook, figure notebook, LaTeX PDF."""
+"""End to end on the tiny grid: train, collect, every notebook, LaTeX PDF.
+
+The case-study, transfer and extrapolation grids have no runs in the test's folder, and the tiny
+runs have no downstream results, so those sections are built in their "not trained yet" state.
+"""
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import subprocess
 
@@ -9,7 +14,8 @@ import pandas as pd
 import pytest
 
 from isodepth import paths
-from isodepth.collect import collect, write_csv
+from isodepth.collect import collect, collect_grid, write_coverage, write_csv
+from isodepth.evaluate.collect import collect_command
 from isodepth.notebooks import run_notebook
 from isodepth.sweep import run_sweep
 
@@ -75,8 +81,11 @@ def test_tiny_grid_end_to_end(tmp_path):
                   "grid": "tiny"},
                  co_figures)
 
+    build_other_sections(tmp_path, runs_dir, runs_csv, fits)
+
     for name in ("paper.tex", "references.bib"):
         shutil.copy(paths.PAPER / name, tmp_path / "paper" / name)
+    shutil.copytree(paths.PAPER / "sections", tmp_path / "paper" / "sections")
     subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-quiet", "paper.tex"],
                    cwd=tmp_path / "paper", check=True, capture_output=True)
     log = (tmp_path / "paper" / "paper.log").read_text(errors="replace")
@@ -93,3 +102,60 @@ def test_failed_notebook_leaves_no_output(tmp_path):
                       "numbers_tex": str(tmp_path / "numbers.tex")},
                      [stale, tmp_path / "numbers.tex"])
     assert not stale.exists()
+
+
+def _run(name: str, parameters: dict, outputs: dict) -> None:
+    """Run notebooks/<name>.ipynb with its parameters and output paths, all given as paths or values."""
+    values = {key: str(value) if isinstance(value, pathlib.Path) else value
+              for key, value in {**parameters, **outputs}.items()}
+    run_notebook(paths.ROOT / "notebooks" / f"{name}.ipynb", values, list(outputs.values()))
+
+
+def _collect_untrained(grid: str, runs_dir, derived) -> tuple[pathlib.Path, pathlib.Path]:
+    rows, coverage = collect_grid(grid, runs_dir)
+    assert rows == [] and coverage.to_dict()["n_planned"] > 0
+    csv_path, coverage_path = derived / f"runs-{grid}.csv", derived / f"runs-{grid}.coverage.json"
+    write_csv(rows, csv_path)
+    write_coverage([coverage], coverage_path)
+    return csv_path, coverage_path
+
+
+def build_other_sections(tmp_path, runs_dir, runs_csv, fits) -> None:
+    """Build the inputs of paper/sections/*.tex that the steps above do not write."""
+    derived, generated, figures = tmp_path / "derived", tmp_path / "paper" / "generated", tmp_path / "figures"
+    tables = generated / "tables"
+
+    _run("architecture", {"grid": "tiny", "runs_csv": runs_csv},
+         {"figure_pdf": figures / "architecture.pdf", "setup_tex": tables / "setup.tex",
+          "grid_tex": tables / "grid.tex", "numbers_tex": generated / "architecture_numbers.tex"})
+    _run("fit_quality", {"grid": "tiny", "runs_csv": runs_csv, "joint_json": fits},
+         {"predicted_pdf": figures / "fit_quality.pdf", "residuals_pdf": figures / "fit_residuals.pdf",
+          "numbers_tex": generated / "fit_quality_numbers.tex"})
+
+    case = {}
+    for key, grid in (("tbptt", "micro-tbptt"), ("hyper", "micro-hyper"), ("ablation", "micro-ablation")):
+        case[f"{key}_csv"], case[f"{key}_coverage"] = _collect_untrained(grid, runs_dir, derived)
+    case_json = derived / "fits" / "case_studies.json"
+    _run("case_studies", {"runs_csv": runs_csv, **case, "n_starts": 40, "n_bootstrap": 4,
+                          "n_bootstrap_starts": 10},
+         {"case_json": case_json})
+    _run("case_study_figures", {"case_json": case_json, "tbptt_csv": case["tbptt_csv"], "hyper_csv": case["hyper_csv"]},
+         {"isoflops_pdf": figures / "case_studies_isoflops.pdf", "fit_quality_pdf": figures / "case_studies_fit.pdf",
+          "table_tex": tables / "case_studies.tex", "ablation_tex": tables / "ablation.tex",
+          "numbers_tex": generated / "case_numbers.tex"})
+    assert "not trained yet" in (tables / "case_studies.tex").read_text()
+
+    lr_csv, _ = _collect_untrained("micro-lr-transfer", runs_dir, derived)
+    pair_csv, _ = _collect_untrained("micro-extrapolation", runs_dir, derived)
+    transfer_json = derived / "transfer.json"
+    _run("transfer_extrapolation", {"lr_runs_csv": lr_csv, "extrapolation_runs_csv": pair_csv, "runs_dir": runs_dir},
+         {"transfer_json": transfer_json, "numbers_tex": generated / "transfer_numbers.tex"})
+    _run("transfer_figures", {"transfer_json": transfer_json},
+         {"figure_pdf": figures / "lr_transfer.pdf", "table_tex": tables / "extrapolation.tex"})
+
+    summary = derived / "downstream-tiny.json"
+    collect_command("tiny", derived / "downstream-tiny.csv", summary, runs_dir)
+    _run("downstream", {"summary_json": summary},
+         {"figure11_pdf": figures / "downstream_compute.pdf", "figure12_pdf": figures / "downstream_val_loss.pdf",
+          "figure13_pdf": figures / "downstream_macro.pdf", "settings_tex": tables / "downstream_settings.tex",
+          "per_task_tex": tables / "downstream_per_task.tex", "numbers_tex": generated / "downstream_numbers.tex"})

@@ -178,7 +178,7 @@ def compile_section(tmp_path) -> str:
     shutil.copy(paths.PAPER / "sections" / "transfer.tex", paper / "sections" / "transfer.tex")
     (paper / "main.tex").write_text(
         "\\documentclass{article}\n\\usepackage{amsmath,booktabs,graphicx}\n"
-        "\\input{generated/transfer_numbers.tex}\n\\begin{document}\n"
+        "\\begin{document}\n"
         "\\begin{figure}\\caption{sweep}\\label{fig:lr}\\end{figure}\n"
         "\\input{sections/transfer.tex}\n\\end{document}\n")
     subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "-quiet", "main.tex"],
