@@ -113,7 +113,8 @@ def _run(name: str, parameters: dict, outputs: dict) -> None:
 
 def _collect_untrained(grid: str, runs_dir, derived) -> tuple[pathlib.Path, pathlib.Path]:
     rows, coverage = collect_grid(grid, runs_dir)
-    assert rows == [] and coverage.to_dict()["n_planned"] > 0
+    assert rows == []
+    assert coverage.to_dict()["n_planned"] > 0
     csv_path, coverage_path = derived / f"runs-{grid}.csv", derived / f"runs-{grid}.coverage.json"
     write_csv(rows, csv_path)
     write_coverage([coverage], coverage_path)
