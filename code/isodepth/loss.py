@@ -55,7 +55,7 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         for start in range(0, n, rows_per_chunk):
             chunk = logits[start:start + rows_per_chunk]
             tc = targets[start:start + rows_per_chunk, None]
-            t = chunk.div_(softcap).tanh_()  # in place: the chunk now holds tanh(l / c)
+            t = chunk.div_(softcap).tanh_()  # in place: the chunk now contains tanh(l / c)
             z = t * softcap
             lse = torch.logsumexp(z, dim=1, keepdim=True)
             total += (lse - z.gather(1, tc)).sum(dtype=torch.float64)

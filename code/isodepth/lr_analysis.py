@@ -21,7 +21,7 @@ HALF_WINDOW = 2
 class LrOptimum:
     """Optimal learning rate of one sweep series.
 
-    lr is the vertex, or the best sampled rate as method says. loss is the fitted loss there in
+    lr is the vertex, or the best sampled rate as `method` records. loss is the fitted loss there in
     nats, or the best sampled loss when no quadratic is used. bracketed is True when sampled
     rates with a higher loss lie on both sides of the optimum, so the sweep locates it. It is
     False when the optimum sits at the edge of the sampled rates and is only a bound.

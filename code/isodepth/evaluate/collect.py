@@ -239,7 +239,7 @@ def summarise(table, grid: str, coverage: dict, recurrences: tuple[int, ...] = (
     the best run per (r, budget), quadratic fits, Pearson correlations and the task settings.
     planned maps (r, budget) to the number of runs the grid plans there (see `planned_cells`).
     Only rows of the main variant enter the summary. A table without rows gives one with empty
-    lists and None values, so the figures can say that nothing is evaluated yet.
+    lists and None values, so the figures can show that nothing is evaluated yet.
     """
     table = table[table["variant"] == "main"]
     n_runs = table["run_id"].nunique()
