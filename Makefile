@@ -37,7 +37,7 @@ FIT_TABLES := paper/generated/tables/per_r_fits.tex paper/generated/tables/resid
 	paper/generated/tables/headline.tex
 NOTEBOOK := $(PY) -m isodepth.notebooks
 
-.PHONY: all setup test runs sweep plan download bench-fit bench-train bench-loss clean distclean help
+.PHONY: all setup test runs sweep plan download bench-fit bench-train bench-loss gpu-check clean distclean help
 
 all: paper/paper.pdf
 
@@ -51,6 +51,7 @@ help:
 	@echo "make bench-fit     time the joint fit and its bootstrap against a plain scipy fit"
 	@echo "make bench-train   training throughput as a fraction of dense-matmul throughput (or MFU on GPU)"
 	@echo "make bench-loss    the fused output projection + soft-cap + cross-entropy against the plain ops"
+	@echo "make gpu-check     bf16 training, torchrun and bench-train on a CUDA machine (under 8 minutes)"
 	@echo "make clean         delete generated tables, figures and the PDF"
 
 # ---- setup -------------------------------------------------------------------------------
@@ -149,8 +150,14 @@ paper/paper.pdf: $(PAPER_INPUTS) | $(STAMPS)/tex
 bench-fit: $(STAMPS)/venv
 	$(PY) code/benchmarks/bench_fit.py
 
+# One torch thread on CPU, as each run of a CPU sweep trains; BENCH_DEVICE=cuda on a GPU.
+BENCH_DEVICE ?= cpu
 bench-train: $(STAMPS)/venv
-	$(PY) code/benchmarks/bench_train.py
+	OMP_NUM_THREADS=1 $(PY) code/benchmarks/bench_train.py --device $(BENCH_DEVICE) --threads 1 --loss both
+
+# The GPU path in one pass (bf16 runs, torchrun, the multi-gpu launcher, bench-train); needs CUDA.
+gpu-check: $(STAMPS)/venv
+	PY=$(PY) code/benchmarks/gpu_check.sh logs/gpu-check
 
 bench-loss: $(STAMPS)/venv
 	$(PY) code/benchmarks/bench_loss.py

@@ -210,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sizes", type=int, nargs="*", default=None,
-                        help="paper sizes s (d = 64 s); default 4 6 8 on CPU, 6 10 16 24 34 on CUDA")
+                        help="paper sizes s (d = 64 s); default 4 6 8 on CPU, 6 10 16 20 24 34 on CUDA")
     parser.add_argument("--micro-size", type=int, default=12, help="micro grid size s (d = 4 s); 0 skips it")
     parser.add_argument("--recurrences", type=int, default=4, help="r of the benchmarked models (default 4)")
     parser.add_argument("--seq-len", type=int, default=None, help="context (default 256 on CPU, 2048 on CUDA)")
@@ -232,7 +232,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
-    sizes = args.sizes if args.sizes is not None else ([6, 10, 16, 24, 34] if cuda else [4, 6, 8])
+    sizes = args.sizes if args.sizes is not None else ([6, 10, 16, 20, 24, 34] if cuda else [4, 6, 8])
     seq_len = args.seq_len or (2048 if cuda else 256)
     rows = args.rows or (16 if cuda else 2)
     repeats = args.repeats or (5 if cuda else 3)

@@ -57,10 +57,12 @@ def select_runs(grid_name: str, only: list[str] | None = None, max_budget: float
 
 
 def make_launcher(launcher: str = "local", *, workers: int = 2, threads_per_worker: int | None = None,
-                  gpus: list[str] | None = None, gpus_per_run: int = 1, slurm=None):
+                  gpus: list[str] | None = None, gpus_per_run: int = 1, slurm=None,
+                  log_dir: Path | None = None):
     """Build the launcher named `launcher` ('local', 'multi-gpu' or 'slurm') with its settings.
 
     slurm: a launchers.SlurmSettings; the default has gpus_per_run GPUs per run.
+    log_dir: folder of each run's output under the multi-gpu launcher (default logs/sweep/GRID).
     """
     from .launchers import LocalLauncher, MultiGpuLauncher, SlurmLauncher, SlurmSettings, visible_gpus
 
@@ -71,7 +73,8 @@ def make_launcher(launcher: str = "local", *, workers: int = 2, threads_per_work
         if not ids:
             raise ValueError("the multi-gpu launcher found no GPU (CUDA_VISIBLE_DEVICES is empty and torch "
                              "counts none); pass --gpus 0,1,... or use --launcher local")
-        return MultiGpuLauncher(gpus=tuple(ids), gpus_per_run=gpus_per_run, threads_per_run=threads_per_worker)
+        return MultiGpuLauncher(gpus=tuple(ids), gpus_per_run=gpus_per_run, threads_per_run=threads_per_worker,
+                                log_dir=log_dir)
     if launcher == "slurm":
         return SlurmLauncher(slurm or SlurmSettings(gpus_per_run=gpus_per_run))
     raise ValueError(f"launcher {launcher!r} is unknown; choose one of {', '.join(LAUNCHERS)}")
@@ -82,7 +85,7 @@ def run_sweep(grid_name: str, *, workers: int = 2, threads_per_worker: int | Non
               runs_dir: Path | None = None, checkpoint_dir: Path | None = None,
               device: str = "cpu", dry_run: bool = False, launcher: str = "local",
               gpus: list[str] | None = None, gpus_per_run: int = 1, slurm=None,
-              options=None) -> dict[str, str]:
+              log_dir: Path | None = None, options=None) -> dict[str, str]:
     """Train the unfinished runs of a grid, cheapest budget first; return run_id -> status.
 
     `options` (a launchers.TrainOptions) sets the training flags: compile, data folder,
@@ -94,7 +97,7 @@ def run_sweep(grid_name: str, *, workers: int = 2, threads_per_worker: int | Non
 
     pending = select_runs(grid_name, only, max_budget, runs_dir)
     chosen = make_launcher(launcher, workers=workers, threads_per_worker=threads_per_worker, gpus=gpus,
-                           gpus_per_run=gpus_per_run, slurm=slurm)
+                           gpus_per_run=gpus_per_run, slurm=slurm, log_dir=log_dir)
     options = replace(options or TrainOptions(), device=device,
                       runs_dir=str(runs_dir) if runs_dir else None,
                       checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None)
@@ -132,12 +135,18 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                           help="seconds between resumable checkpoints (default 120)")
     training.add_argument("--checkpoint-every-steps", type=int, default=None,
                           help="also checkpoint every this many optimiser steps")
+    training.add_argument("--runs-dir", type=Path, default=None,
+                          help="folder of run records (default data/runs); finished runs there are skipped")
+    training.add_argument("--checkpoint-dir", type=Path, default=None,
+                          help="folder of checkpoints (default checkpoints)")
 
     gpus = parser.add_argument_group("multi-gpu and slurm")
     gpus.add_argument("--gpus", default=None,
                       help="comma-separated GPU ids for the multi-gpu launcher (default: all visible)")
     gpus.add_argument("--gpus-per-run", type=int, default=1,
                       help="GPUs per run; above 1 a run is data-parallel over them (default 1)")
+    gpus.add_argument("--log-dir", type=Path, default=None,
+                      help="folder of each run's output under the multi-gpu launcher (default logs/sweep/GRID)")
 
     slurm = parser.add_argument_group("slurm")
     slurm.add_argument("--slurm-partition", default=None, help="partition to submit to")
@@ -198,6 +207,7 @@ def sweep_command(args) -> int:
     results = run_sweep(args.grid, workers=args.workers, threads_per_worker=args.threads, only=args.runs,
                         max_budget=args.max_budget, device=device, dry_run=args.dry_run,
                         launcher=args.launcher, gpus=gpus, gpus_per_run=args.gpus_per_run, slurm=slurm,
+                        runs_dir=args.runs_dir, checkpoint_dir=args.checkpoint_dir, log_dir=args.log_dir,
                         options=options)
     if args.dry_run:
         for run_id in results:

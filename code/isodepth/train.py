@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -466,8 +467,13 @@ def _wrap_model(model: LoopedLM, context: DistributedContext, compile_model: boo
     from torch.nn.parallel import DistributedDataParallel
 
     device = context.device
-    return forward, DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
-                                            broadcast_buffers=False)
+    # The only buffers are the rotary tables, computed alike on every rank, so none is synced.
+    # torch 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, which older
+    # releases lack; the old flag still does what is wanted, so its warning is silenced here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*is deprecated", category=FutureWarning)
+        return forward, DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                                broadcast_buffers=False)
 
 
 def _accumulate_gradients(train_forward, inputs, targets, micro_batch_rows: int, accumulation: int,

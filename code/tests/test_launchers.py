@@ -142,6 +142,15 @@ def test_local_pool_trains(shards, tmp_path):
     assert read_record(tmp_path / "runs", RUN_A)["data"]["kind"] == "parquet"
 
 
+def test_sweep_command_writes_to_the_given_folders(shards, tmp_path):
+    argv = ["tiny", "--runs", RUN_A, "--workers", "1", "--threads", "1", "--data-dir", str(shards),
+            "--runs-dir", str(tmp_path / "runs"), "--checkpoint-dir", str(tmp_path / "checkpoints")]
+    assert sweep.sweep_command(parse_sweep(argv)) == 0
+    assert read_record(tmp_path / "runs", RUN_A)["status"] == "completed"
+    assert (tmp_path / "checkpoints" / "tiny" / RUN_A / "final" / "model.safetensors").exists()
+    assert sweep.select_runs("tiny", [RUN_A], runs_dir=tmp_path / "runs") == []
+
+
 @pytest.fixture(scope="module")
 def multi_gpu(shards, tmp_path_factory):
     """Two runs on two fake GPU ids, on CPU: CUDA_VISIBLE_DEVICES gives each process its own id."""
