@@ -198,7 +198,7 @@ def test_notebooks_on_fabricated_records(tmp_path, runs_dir):
     transfer = result["lr_transfer"]
     assert transfer["n_trained"] == 50
     assert transfer["reference_ratio"] == 10
-    assert transfer["reference_size"] == 8
+    assert transfer["reference_size"] == 6
 
     plan = {run.run_id: run for run in load_grid(LR_GRID).runs()}
     for panel in transfer["panels"]:
