@@ -46,7 +46,8 @@ help:
 	@echo "make test          run the test suite"
 	@echo "make runs GRID=g   train the unfinished runs of data/grids/g.yaml (default micro)"
 	@echo "make plan GRID=g   print the runs of a grid with their accounting"
-	@echo "make download      fetch and verify released artifacts (KIND=..., RUN=...)"
+	@echo "make download      fetch and verify released artifacts (KIND=run-records|checkpoint|data-shard|eval-results, RUN=run_id)"
+	@echo "make eval-micro    evaluate the finished micro checkpoints downstream (EVAL_LIMIT=500 examples per task)"
 	@echo "make setup         build .venv and check for LaTeX"
 	@echo "make bench-fit     time the joint fit and its bootstrap against a plain scipy fit"
 	@echo "make bench-train   training throughput as a fraction of dense-matmul throughput (or MFU on GPU)"
@@ -89,7 +90,8 @@ runs sweep: $(STAMPS)/venv
 plan: $(STAMPS)/venv
 	$(ISODEPTH) plan $(GRID)
 
-# Released artifacts listed in data/manifest.json, verified by sha256 (KIND=..., RUN=...).
+# Released artifacts listed in data/manifest.json, verified by sha256
+# (KIND=run-records|checkpoint|data-shard|eval-results, RUN=a run id of a released checkpoint).
 download: $(STAMPS)/venv
 	HF_HUB_OFFLINE=0 $(ISODEPTH) download $(if $(KIND),--kind $(KIND)) $(if $(RUN),--run $(RUN))
 

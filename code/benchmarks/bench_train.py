@@ -210,7 +210,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--sizes", type=int, nargs="*", default=None,
-                        help="paper sizes s (d = 64 s); default 4 6 8 on CPU, 6 10 16 20 24 34 on CUDA")
+                        help="paper sizes s (d = 64 s); default 4 6 8 on CPU, 6 10 16 20 24 34 on CUDA; "
+                             "the flag with no sizes skips the paper widths")
     parser.add_argument("--micro-size", type=int, default=12, help="micro grid size s (d = 4 s); 0 skips it")
     parser.add_argument("--recurrences", type=int, default=4, help="r of the benchmarked models (default 4)")
     parser.add_argument("--seq-len", type=int, default=None, help="context (default 256 on CPU, 2048 on CUDA)")
@@ -220,8 +221,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: OMP_NUM_THREADS)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--loss", choices=("fused", "plain", "both"), default="fused",
-                        help="fused: chunked projection + soft-cap + cross-entropy (isodepth.loss, the "
-                             "trainer's default); plain: the unfused PyTorch ops; both: one row each, in one run")
+                        help="fused: one projection matmul, then soft-cap + cross-entropy in one pass over row "
+                             "chunks (isodepth.loss, the trainer's default); plain: the unfused PyTorch ops; both: one row each, in one run")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default=None,
                         help="wall: elapsed time; cpu: this process's CPU time (default cpu on CPU, wall on CUDA)")
     args = parser.parse_args()

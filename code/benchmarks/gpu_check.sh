@@ -19,7 +19,6 @@ out=${1:-logs/gpu-check}
 py=${PY:-.venv/bin/python}
 [ -x "$py" ] || py=python3
 export PYTHONPATH="$PWD/code${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-mkdir -p "$out"
 
 device=${DEVICE:-cuda}
 if [ "$device" != cpu ] && [ "$device" != cuda ]; then
@@ -41,6 +40,7 @@ if [ "$gpus" -eq 0 ]; then
          "run this on a machine with a GPU. On CPU, make test and make bench-train cover the same code." >&2
     exit 2
 fi
+mkdir -p "$out"
 [ "$device" = cpu ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
 

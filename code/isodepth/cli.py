@@ -92,6 +92,14 @@ def main(argv=None) -> int:
         # The reader of our output went away (e.g. `isodepth plan paper | head`): stop quietly.
         sys.stderr.close()
         return 0
+    except (ValueError, KeyError, OSError) as error:
+        # Bad input: a grid, run id, path or value the commands reject with a message that
+        # names it and the fix. -v keeps the traceback for debugging.
+        if args.verbose:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"isodepth: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

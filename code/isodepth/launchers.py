@@ -184,7 +184,8 @@ class MultiGpuLauncher:
 
     def settings(self) -> dict:
         return {"launcher": "multi-gpu", "gpus": list(self.gpus), "gpus_per_run": self.gpus_per_run,
-                "slots": [",".join(s) for s in self.slots()], "threads_per_run": self.threads_per_run}
+                "slots": [",".join(s) for s in self.slots()], "threads_per_run": self.threads_per_run,
+                "log_dir": str(self.log_dir) if self.log_dir else "logs/sweep/GRID"}
 
     def command(self, grid: str, run_id: str, options: TrainOptions) -> list[str]:
         train = ["--grid", grid, "--run-id", run_id, *options.cli_args()]

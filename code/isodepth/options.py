@@ -3,27 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 EVAL_BATCH_ROWS = 32  # rows per validation forward pass
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer of at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer of at least 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give a finite number above 0")
+    return value
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     """Options of one training run, shared by `python -m isodepth.train` and `isodepth train`."""
     parser.add_argument("--device", default="cpu",
                         help="torch device: cpu, or cuda (each torchrun rank takes the GPU of its LOCAL_RANK)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     parser.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
-    parser.add_argument("--micro-batch-rows", type=int, default=None,
+    parser.add_argument("--micro-batch-rows", type=positive_int, default=None,
                         help="rows per forward pass on each rank (default: the grid's batch.micro_rows)")
-    parser.add_argument("--eval-batch-rows", type=int, default=EVAL_BATCH_ROWS,
+    parser.add_argument("--eval-batch-rows", type=positive_int, default=EVAL_BATCH_ROWS,
                         help=f"rows per validation forward pass on each rank (default {EVAL_BATCH_ROWS})")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder of pre-packed parquet shards to train on (default: the grid's data "
                              "section, else the embedded corpus)")
-    parser.add_argument("--checkpoint-every-s", type=float, default=120.0,
+    parser.add_argument("--checkpoint-every-s", type=positive_float, default=120.0,
                         help="save a resumable checkpoint after this many seconds (default 120)")
-    parser.add_argument("--checkpoint-every-steps", type=int, default=None,
+    parser.add_argument("--checkpoint-every-steps", type=positive_int, default=None,
                         help="also save a resumable checkpoint every this many optimiser steps")
     parser.add_argument("--keep-checkpoint", action="store_true",
                         help="keep the final weights in checkpoints/GRID/RUN/final")

@@ -14,6 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .io import check_output_dir
+from .options import non_negative_int, positive_float, positive_int
+
 # The grids, the launchers and the trainer import torch, so this module imports them only where
 # it needs them: building the command-line parser stays fast.
 if TYPE_CHECKING:
@@ -95,6 +98,8 @@ def run_sweep(grid_name: str, *, workers: int = 2, threads_per_worker: int | Non
     """
     from .launchers import TrainOptions
 
+    for folder, flag in ((runs_dir, "--runs-dir"), (checkpoint_dir, "--checkpoint-dir"), (log_dir, "--log-dir")):
+        check_output_dir(folder, flag)
     pending = select_runs(grid_name, only, max_budget, runs_dir)
     chosen = make_launcher(launcher, workers=workers, threads_per_worker=threads_per_worker, gpus=gpus,
                            gpus_per_run=gpus_per_run, slurm=slurm, log_dir=log_dir)
@@ -116,10 +121,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("grid", help="grid name in data/grids (paper, micro, tiny, ...) or a YAML path")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="local: CPU process pool; multi-gpu: one run per local GPU; slurm: array job via submitit")
-    parser.add_argument("--workers", type=int, default=2, help="runs trained at once (local launcher)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per worker or per run")
-    parser.add_argument("--runs", nargs="*", default=None, help="only these run ids")
-    parser.add_argument("--max-budget", type=float, default=None, help="only budgets up to this many FLOPs")
+    parser.add_argument("--workers", type=positive_int, default=2, help="runs trained at once (local launcher)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads per worker or per run")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="RUN_ID", help="only these run ids")
+    parser.add_argument("--max-budget", type=positive_float, default=None, help="only budgets up to this many FLOPs")
     parser.add_argument("--device", default=None,
                         help="torch device of each run (default: cpu for the local launcher, cuda otherwise)")
     parser.add_argument("--dry-run", action="store_true",
@@ -128,12 +133,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--compile", action="store_true", help="compile each model with torch.compile")
     training.add_argument("--data-dir", default=None, help="folder of pre-packed parquet shards to train on")
-    training.add_argument("--micro-batch-rows", type=int, default=None, help="rows per forward pass on each rank")
-    training.add_argument("--eval-batch-rows", type=int, default=None,
+    training.add_argument("--micro-batch-rows", type=positive_int, default=None, help="rows per forward pass on each rank")
+    training.add_argument("--eval-batch-rows", type=positive_int, default=None,
                           help="rows per validation forward pass on each rank (default 32)")
-    training.add_argument("--checkpoint-every-s", type=float, default=120.0,
+    training.add_argument("--checkpoint-every-s", type=positive_float, default=120.0,
                           help="seconds between resumable checkpoints (default 120)")
-    training.add_argument("--checkpoint-every-steps", type=int, default=None,
+    training.add_argument("--checkpoint-every-steps", type=positive_int, default=None,
                           help="also checkpoint every this many optimiser steps")
     training.add_argument("--runs-dir", type=Path, default=None,
                           help="folder of run records (default data/runs); finished runs there are skipped")
@@ -141,26 +146,26 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                           help="folder of checkpoints (default checkpoints)")
 
     gpus = parser.add_argument_group("multi-gpu and slurm")
-    gpus.add_argument("--gpus", default=None,
+    gpus.add_argument("--gpus", type=gpu_ids, default=None,
                       help="comma-separated GPU ids for the multi-gpu launcher (default: all visible)")
-    gpus.add_argument("--gpus-per-run", type=int, default=1,
+    gpus.add_argument("--gpus-per-run", type=positive_int, default=1,
                       help="GPUs per run; above 1 a run is data-parallel over them (default 1)")
     gpus.add_argument("--log-dir", type=Path, default=None,
                       help="folder of each run's output under the multi-gpu launcher (default logs/sweep/GRID)")
 
     slurm = parser.add_argument_group("slurm")
     slurm.add_argument("--slurm-partition", default=None, help="partition to submit to")
-    slurm.add_argument("--slurm-time-min", type=int, default=24 * 60,
+    slurm.add_argument("--slurm-time-min", type=positive_int, default=24 * 60,
                        help="time limit per job attempt in minutes; a run that outlives it is requeued and resumes")
-    slurm.add_argument("--slurm-cpus-per-task", type=int, default=8, help="CPUs per task (per rank)")
-    slurm.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per node in GB")
-    slurm.add_argument("--slurm-array-parallelism", type=int, default=64, help="array tasks running at once")
+    slurm.add_argument("--slurm-cpus-per-task", type=positive_int, default=8, help="CPUs per task (per rank)")
+    slurm.add_argument("--slurm-mem-gb", type=positive_float, default=None, help="memory per node in GB")
+    slurm.add_argument("--slurm-array-parallelism", type=positive_int, default=64, help="array tasks running at once")
     slurm.add_argument("--slurm-account", default=None)
     slurm.add_argument("--slurm-qos", default=None)
     slurm.add_argument("--slurm-constraint", default=None)
-    slurm.add_argument("--slurm-max-timeouts", type=int, default=3,
+    slurm.add_argument("--slurm-max-timeouts", type=non_negative_int, default=3,
                        help="requeues after hitting the time limit (preemptions do not count)")
-    slurm.add_argument("--slurm-signal-delay-s", type=int, default=120,
+    slurm.add_argument("--slurm-signal-delay-s", type=positive_int, default=120,
                        help="seconds before the time limit at which SLURM sends SIGUSR2 to save and requeue")
     slurm.add_argument("--slurm-setup", action="append", default=[],
                        help="shell line run before each job, e.g. 'module load cuda' (repeatable)")
@@ -172,6 +177,17 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--wait", action="store_true", help="wait for the SLURM jobs to end and report their status")
 
 
+def gpu_ids(text: str) -> list[str]:
+    """argparse type of --gpus: comma-separated device ids (indices or UUIDs), each once."""
+    ids = [part.strip() for part in text.split(",")]
+    if not all(ids):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty GPU id; give ids like 0,1,2")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{text!r} names GPU {', '.join(repeated)} more than once")
+    return ids
+
+
 def _slurm_options(pairs: list[str]) -> dict:
     options = {}
     for pair in pairs:
@@ -180,6 +196,17 @@ def _slurm_options(pairs: list[str]) -> dict:
             raise ValueError(f"--slurm-option {pair!r} is not KEY=VALUE, e.g. reservation=abc")
         options[key.strip()] = value.strip()
     return options
+
+
+def _check_launcher_flags(args) -> None:
+    """Refuse flags that the chosen launcher would ignore, so a typo in --launcher is not silent."""
+    flag_given = {"--gpus": args.gpus is not None, "--log-dir": args.log_dir is not None,
+                  "--gpus-per-run": args.gpus_per_run != 1}
+    ignored = {"local": ("--gpus", "--log-dir", "--gpus-per-run"), "slurm": ("--gpus", "--log-dir")}
+    unused = [flag for flag in ignored.get(args.launcher, ()) if flag_given[flag]]
+    if unused:
+        raise ValueError(f"--launcher {args.launcher} ignores {', '.join(unused)}; "
+                         "use --launcher multi-gpu, or drop them")
 
 
 def sweep_command(args) -> int:
@@ -199,10 +226,11 @@ def sweep_command(args) -> int:
                            checkpoint_every_s=args.checkpoint_every_s,
                            checkpoint_every_steps=args.checkpoint_every_steps,
                            micro_batch_rows=args.micro_batch_rows, eval_batch_rows=args.eval_batch_rows)
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    gpus = args.gpus
+    _check_launcher_flags(args)
     if args.dry_run:
         launcher = make_launcher(args.launcher, workers=args.workers, threads_per_worker=args.threads,
-                                 gpus=gpus, gpus_per_run=args.gpus_per_run, slurm=slurm)
+                                 gpus=gpus, gpus_per_run=args.gpus_per_run, slurm=slurm, log_dir=args.log_dir)
         print("# launcher " + json.dumps({**launcher.settings(), "device": device}))
     results = run_sweep(args.grid, workers=args.workers, threads_per_worker=args.threads, only=args.runs,
                         max_budget=args.max_budget, device=device, dry_run=args.dry_run,

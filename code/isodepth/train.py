@@ -40,7 +40,7 @@ from .data import TrainRows, token_stream, validation_rows
 from .distributed import DistributedContext, init_distributed, shutdown_distributed
 from .grids import PlannedRun
 from .hardware import device_name, mfu, peak_flops, usable_attention_backends
-from .io import atomic_write_json
+from .io import atomic_write_json, ensure_writable_dir
 from .model import LoopedLM
 from .options import EVAL_BATCH_ROWS, add_train_options
 from .optim import build_optimizers, lr_multiplier
@@ -56,6 +56,7 @@ LOG_THROUGHPUT_EVERY_S = 60.0
 # Exit status of `python -m isodepth.train`: 0 completed, 1 diverged, 2 invalid arguments,
 # 75 (EX_TEMPFAIL in sysexits.h) stopped by a signal after saving a checkpoint: run it again to resume.
 EXIT_DIVERGED = 1
+EXIT_FAILED = 3  # an error during training, logged with its traceback
 EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -330,6 +331,10 @@ def _train(run: PlannedRun, context: DistributedContext, *, runs_dir, checkpoint
            checkpoint_every_steps, keep_checkpoint, data, progress, compile_model, micro_batch_rows,
            eval_batch_rows, stop_signals) -> dict:
     device = context.device
+    if context.rank == 0:
+        # The grid's folders, not the run's: a run that fails leaves no empty folder behind.
+        ensure_writable_dir(record_path(run, runs_dir).parents[1], "--runs-dir")
+        ensure_writable_dir(checkpoint_path(run, checkpoint_dir).parents[1], "--checkpoint-dir")
     target = StateFile(checkpoint_path(run, checkpoint_dir), plan_fingerprint(run), run.batch_rows,
                        micro_batch_rows, context.world_size)
 
@@ -469,7 +474,7 @@ def _wrap_model(model: LoopedLM, context: DistributedContext, compile_model: boo
     device = context.device
     # The only buffers are the rotary tables, computed alike on every rank, so none is synced.
     # torch 2.13 deprecates broadcast_buffers in favour of forward_sync_buffers, which older
-    # releases lack; the old flag still does what is wanted, so its warning is silenced here.
+    # releases lack. The old flag still does what is wanted here, so its warning is silenced.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*is deprecated", category=FutureWarning)
         return forward, DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
@@ -619,6 +624,11 @@ def run_from_args(args) -> int:
     except Preempted as stopped:
         log.warning("%s", stopped)
         return EXIT_PREEMPTED
+    except (ValueError, OSError):
+        raise  # bad input or a path that cannot be used: the caller prints the message
+    except Exception:
+        log.exception("run %s of grid %s failed", args.run, args.grid)
+        return EXIT_FAILED
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {k: record[k] for k in ("run_id", "status", "final_val_loss", "wall_time_s")}
         summary["tokens_per_s"] = record["throughput"]["tokens_per_s"]
@@ -631,8 +641,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m isodepth.train",
         description="Train one run of a grid; start it with torchrun for data-parallel training.",
-        epilog=f"Exit status: 0 completed, {EXIT_DIVERGED} diverged, 2 invalid arguments, "
-               f"{EXIT_PREEMPTED} stopped by SIGTERM or SIGUSR1 after saving a checkpoint (rerun to resume).")
+        epilog=f"Exit status: 0 completed, {EXIT_DIVERGED} diverged, 2 invalid arguments, {EXIT_FAILED} failed "
+               f"with an error, {EXIT_PREEMPTED} stopped by SIGTERM or SIGUSR1 after saving a checkpoint "
+               "(rerun to resume).")
     parser.add_argument("--grid", required=True, help="grid name in data/grids (paper, micro, tiny, ...) or a YAML path")
     # torchrun's own parser rejects `--run` as an ambiguous abbreviation of its --run-path, so
     # the flag is --run-id, and --run remains for plain `python -m isodepth.train`.
@@ -646,7 +657,13 @@ def main(argv=None) -> int:
     level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
-    return run_from_args(args)
+    try:
+        return run_from_args(args)
+    except (ValueError, OSError) as error:
+        if args.verbose:
+            raise
+        print(f"python -m isodepth.train: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

