@@ -40,6 +40,31 @@ def _recur_layers(record: dict) -> int:
     return record["model"]["n_recur_layers"] * int(record["r"])
 
 
+def _malformed(source: Path, detail: str) -> ValueError:
+    return ValueError(f"run record {source} is malformed ({detail}); retrain the run or delete the record")
+
+
+def _read_row(source: Path) -> dict:
+    """Read one record.json into a table row. Raises ValueError naming the file when the record is
+    not valid JSON or lacks a field of the table."""
+    try:
+        record = json.loads(source.read_text())
+    except UnicodeDecodeError as err:
+        raise _malformed(source, f"not UTF-8 text: {err.reason} at byte {err.start}") from err
+    except json.JSONDecodeError as err:
+        raise _malformed(source, f"invalid JSON: {err}") from err
+    if not isinstance(record, dict):
+        raise _malformed(source, f"a JSON {type(record).__name__} instead of an object")
+    return _row(record, source)
+
+
+def _loss(value):
+    """Return the final validation loss: a number, or None for a run that ended without one."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"final_val_loss {value!r} is not a number or null")
+    return value
+
+
 def _row(record: dict, source: Path) -> dict:
     try:
         row = {
@@ -55,7 +80,7 @@ def _row(record: dict, source: Path) -> dict:
             # budget such a run takes more tokens than its full-backprop twin.
             "flops_per_token": float(record["accounting"]["flops_per_token"]),
             "steps": int(record["training"]["steps"]), "tokens": int(record["training"]["tokens"]),
-            "loss": record["final_val_loss"], "validation_tokens": int(record["validation_tokens"]),
+            "loss": _loss(record["final_val_loss"]), "validation_tokens": int(record["validation_tokens"]),
             # MuonH rate at the recipe's reference configuration, before the transfer rules.
             "muon_lr": float(record["training"]["recipe"]["muon_lr"]),
             "train_time_s": float(record["train_time_s"]),
@@ -64,8 +89,10 @@ def _row(record: dict, source: Path) -> dict:
             "injection": record["model"].get("injection", "linear"),
             "grad_recurrences": int(record["model"].get("grad_recurrences") or record["r"]),
         }
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"run record {source} is malformed ({err!r}); retrain the run or delete the record") from err
+    except KeyError as err:
+        raise _malformed(source, f"missing key {err.args[0]!r}") from err
+    except (AttributeError, TypeError, ValueError) as err:
+        raise _malformed(source, str(err)) from err
     return row
 
 
@@ -88,7 +115,7 @@ def collect(grids: list[str], runs_dir: Path | None = None) -> tuple[list[dict],
         if not folder.is_dir():
             raise FileNotFoundError(f"no run records for grid {grid!r} in {folder}; train it with `make runs GRID={grid}`")
         for path in sorted(folder.glob("*/record.json")):
-            row = _row(json.loads(path.read_text()), path)
+            row = _read_row(path)
             reason = _exclusion(row)
             if reason:
                 excluded.append(f"{row['run_id']}: {reason}")
@@ -146,10 +173,10 @@ def collect_grid(name: str, runs_dir: Path | None = None, reuse: bool = True) ->
                  "source": source, "state": MISSING, "reason": "not trained yet"}
         path = runs_dir / run.grid / run.run_id / "record.json"
         if path.exists():
-            row = _row(json.loads(path.read_text()), path)
+            row = _read_row(path)
             if (row["grid"], row["run_id"]) != (run.grid, run.run_id):
                 raise ValueError(f"run record {path} names the run {row['grid']}/{row['run_id']}; move it "
-                                 f"to data/runs/{row['grid']}/{row['run_id']}/ or delete it")
+                                 f"to {runs_dir / row['grid'] / row['run_id']}/ or delete it")
             reason = _exclusion(row)
             entry["state"], entry["reason"] = (EXCLUDED, reason) if reason else (COLLECTED, "")
             if not reason:
@@ -161,7 +188,7 @@ def collect_grid(name: str, runs_dir: Path | None = None, reuse: bool = True) ->
     for path in sorted(folder.glob("*/record.json")) if folder.is_dir() else []:
         if path.parent.name in planned_ids:
             continue
-        row = _row(json.loads(path.read_text()), path)
+        row = _read_row(path)
         coverage.unplanned.append(row["run_id"])
         if _exclusion(row) is None:
             rows.append(row)
@@ -199,16 +226,22 @@ def write_coverage(coverages: list[Coverage], out: Path) -> None:
 def _command(args) -> int:
     from .grids import grid_path
 
+    if args.runs_dir is not None and not args.runs_dir.is_dir():
+        raise FileNotFoundError(f"runs folder {args.runs_dir} (--runs-dir) does not exist; give the folder "
+                                "that holds <grid>/<run_id>/record.json")
+    runs_dir = Path(args.runs_dir or paths.RUNS)
     rows, coverages, n_excluded, seen = [], [], 0, set()
     for name in args.grids:
         try:
             grid_path(name)
         except FileNotFoundError:
-            # No spec: read whatever the grid's folder holds, as before specs had reuse.
-            grid_rows, excluded = collect([name])
+            if not (runs_dir / name).is_dir():
+                raise  # neither a grid spec nor records exist, so report the unknown grid
+            # Records without a spec: read whatever the grid's folder holds, as before specs had reuse.
+            grid_rows, excluded = collect([name], runs_dir)
             n_excluded += len(excluded)
         else:
-            grid_rows, coverage = collect_grid(name, reuse=not args.no_reuse)
+            grid_rows, coverage = collect_grid(name, runs_dir, reuse=not args.no_reuse)
             coverages.append(coverage)
             n_excluded += coverage.count(EXCLUDED)
         for row in grid_rows:
@@ -227,9 +260,15 @@ def _command(args) -> int:
 
 def add_command(sub) -> None:
     parser = sub.add_parser("collect", help="collect run records into a CSV table")
-    parser.add_argument("grids", nargs="+", help="grid names under data/runs")
-    parser.add_argument("--out", type=Path, default=paths.DERIVED / "runs.csv")
-    parser.add_argument("--coverage", type=Path, default=None,
+    parser.add_argument("grids", nargs="+",
+                        help="grid names in data/grids, or paths to grid YAML files. A name without a "
+                             "spec collects every record in its folder of the runs folder")
+    parser.add_argument("--out", type=Path, default=paths.DERIVED / "runs.csv", metavar="CSV",
+                        help="CSV table to write (default data/derived/runs.csv)")
+    parser.add_argument("--runs-dir", type=Path, default=None, metavar="DIR",
+                        help="folder of run records (default data/runs); the runs that a grid reuses "
+                             "from other grids are read from the same folder")
+    parser.add_argument("--coverage", type=Path, default=None, metavar="JSON",
                         help="also write a JSON file that lists every planned run as collected, missing "
                              "(not trained yet) or excluded")
     parser.add_argument("--no-reuse", action="store_true",

@@ -47,6 +47,12 @@ Keys of a grid file:
 - recipe, seed, eval_rows: Recipe overrides, the initialisation seed, and the validation rows
   evaluated (None: the whole split).
 
+load_grid checks the keys and values that planning uses when it reads a grid (sizes and r
+positive integers, model keys known and complete, r dividing the recurrent layers, widths
+dividing into heads, ...) and raises ValueError naming the file, the key and the value, so every
+command that loads a grid reports a bad file the same way. A missing file raises
+FileNotFoundError. The data key is checked where the data source is built (paper_data).
+
 Run ids: C{budget:.2e}-r{r}-s{size} for budget runs, D{tokens:.2e}-r{r}-s{size} for runs with
 a token target, and TPP{ratio:g}-r{r}-s{size} for runs with a tokens-per-parameter ratio,
 each followed by -{variant} unless the variant is "main" and -lr{muon_lr:g} in a sweep.
@@ -62,6 +68,8 @@ for the r = 4 model (2 + 4x4 + 2, linear injection).
 from __future__ import annotations
 
 import math
+import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -69,7 +77,7 @@ import yaml
 
 from . import paths
 from .accounting import ceil_half, param_counts, run_length, train_flops_per_token
-from .config import ModelConfig, iso_depth_config
+from .config import INJECTION_MODES, ModelConfig, iso_depth_config
 from .optim import Recipe
 
 PLAN_COLUMNS = ["run_id", "budget", "r", "size", "d_model", "n_once", "n_rec", "n_total",
@@ -81,6 +89,13 @@ INHERITED_KEYS = ("model", "batch", "recipe", "seed", "eval_rows", "data")
 MERGED_KEYS = ("model", "batch", "recipe")  # merged key by key with the base's
 TOKEN_RUN_KEYS = ("sizes", "recurrences", "tokens", "tokens_per_param", "muon_lrs")
 REUSE_KEYS = ("grid", "recurrences", "budgets", "sizes", "variants")
+MODEL_KEYS = ("effective_depth", "n_prelude", "n_coda", "head_dim", "width_per_size", "vocab_size",
+              "pad_vocab_to", "seq_len")
+OPTIONAL_MODEL_KEYS = ("pad_vocab_to",)
+NON_NEGATIVE_MODEL_KEYS = ("n_prelude", "n_coda")  # every other model key must be positive
+BATCH_KEYS = ("rows", "tokens", "micro_rows")
+# Recipe values that the learning-rate rules divide by.
+RECIPE_REFERENCE_KEYS = ("d_ref", "tokens_per_step_ref", "tokens_ref_looped", "tokens_ref_plain")
 
 
 @dataclass(frozen=True)
@@ -276,7 +291,7 @@ def model_config(grid: Grid, r: int, size: int, variant: Variant) -> ModelConfig
 
 def batch_rows(spec: dict) -> tuple[int, int]:
     """Return the rows per optimiser step and per micro-batch set by a grid's batch key."""
-    batch = spec["batch"]
+    batch = spec["batch"] or {}
     seq_len = spec["model"]["seq_len"]
     if "tokens" in batch:
         tokens = int(batch["tokens"])
@@ -300,9 +315,13 @@ def plan_run(grid: Grid, budget: float, r: int, size: int, variant: Variant,
     cfg = model_config(grid, r, size, variant)
     rows, _ = batch_rows(grid.spec)
     flops = train_flops_per_token(cfg)
-    length = run_length(budget, flops, rows * cfg.seq_len)
+    name = run_id(budget, r, size, variant.name, muon_lr)
+    try:
+        length = run_length(budget, flops, rows * cfg.seq_len)
+    except ValueError as err:
+        raise ValueError(f"run {name} of grid {grid.name!r}: {err}") from err
     return _planned(grid, cfg, size, variant, muon_lr, budget=budget, steps=length.steps,
-                    flops=flops, run_name=run_id(budget, r, size, variant.name, muon_lr))
+                    flops=flops, run_name=name)
 
 
 def plan_token_run(grid: Grid, r: int, size: int, variant: Variant, muon_lr: float | None = None, *,
@@ -427,10 +446,26 @@ def _check_reuse_compatible(grid: Grid, source: Grid) -> None:
 # ---- loading ---------------------------------------------------------------------------------
 
 
+def _looks_like_path(name_or_path: str) -> bool:
+    return (Path(name_or_path).suffix in (".yaml", ".yml") or "/" in name_or_path
+            or os.sep in name_or_path)
+
+
 def grid_path(name_or_path: str) -> Path:
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
-        return candidate
+    """Return the file of a grid name in data/grids, or of a path to a grid file.
+
+    An argument that ends in .yaml or .yml or contains a slash is a path, and one without a
+    suffix may leave out ".yaml". Raises FileNotFoundError when the file does not exist.
+    """
+    name_or_path = os.fspath(name_or_path)
+    if _looks_like_path(name_or_path):
+        candidate = Path(name_or_path)
+        if candidate.exists():
+            return candidate
+        with_suffix = Path(f"{name_or_path}.yaml")
+        if candidate.suffix not in (".yaml", ".yml") and with_suffix.exists():
+            return with_suffix
+        raise FileNotFoundError(f"grid file {name_or_path} does not exist")
     path = paths.GRIDS / f"{name_or_path}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in paths.GRIDS.glob("*.yaml"))
@@ -438,13 +473,33 @@ def grid_path(name_or_path: str) -> Path:
     return path
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Describe a PyYAML error as "line L, column C: problem", counting from 1 as editors do."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def _read_spec(path: Path) -> dict:
-    spec = yaml.safe_load(path.read_text())
+    """Parse one grid file and check the keys it sets itself, before any base is merged in."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"grid file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+    except OSError as err:  # a directory, or a file without read permission
+        raise ValueError(f"grid file {path} cannot be read: {err.strerror or err}") from err
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"grid file {path} is not valid YAML ({_yaml_problem(err)})") from err
     if not isinstance(spec, dict):
         raise ValueError(f"grid file {path} must contain a mapping of grid keys")
-    unknown = sorted(set(spec) - set(GRID_KEYS))
+    unknown = sorted(set(spec) - set(GRID_KEYS), key=str)
     if unknown:
         raise ValueError(f"grid file {path} has unknown keys {unknown}; known keys are {list(GRID_KEYS)}")
+    _check_inheritable_keys(spec, path)
     return spec
 
 
@@ -473,37 +528,274 @@ def _with_base(spec: dict, path: Path, chain: tuple[str, ...] = ()) -> dict:
     return merged
 
 
+def load_grid(name_or_path: str) -> Grid:
+    """Read, merge and check a grid file. Raises FileNotFoundError for a missing file and
+    ValueError, naming the file and the key, for a malformed one."""
+    path = grid_path(name_or_path)
+    spec = _with_base(_read_spec(path), path)
+    for key in ("name", "model", "batch", "recurrences"):
+        if key not in spec:
+            raise ValueError(f"grid file {path} is missing the key {key!r}")
+    if "budgets" not in spec and "token_runs" not in spec:
+        raise ValueError(f"grid file {path} is missing the key 'budgets' "
+                         "(or 'token_runs' for runs fixed by their token count)")
+    _check_model_complete(spec, path)
+    batch_rows(spec)  # raises ValueError for a batch without rows or tokens, or with both disagreeing
+    recurrences = _integer_list(spec["recurrences"], "recurrences", path)
+    _check_learning_rates(spec.get("muon_lrs"), "muon_lrs", path)
+    budgets = _parse_budgets(spec, path)
+    token_runs = _parse_token_runs(spec, path)
+    _check_family(spec, path, recurrences + [r for entry in token_runs for r in entry.recurrences])
+    _check_widths(spec, path, [s for sizes in budgets.values() for s in sizes]
+                  + [s for entry in token_runs for s in entry.sizes])
+    return Grid(name=spec["name"], spec=spec, budgets=budgets,
+                recurrences=recurrences,
+                variants=_parse_variants(spec, path),
+                token_runs=token_runs,
+                reuse=_parse_reuse(spec, path))
+
+
+# ---- checks of grid values -------------------------------------------------------------------
+# Each check raises ValueError naming the grid file, the key and the value. A value that a base
+# grid passes on is checked when the base file is read, so the message names the file to edit.
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value, path: Path, subject: str, minimum: int = 1) -> int:
+    """Return value if it is an integer of at least minimum (0 or 1). The error message starts with subject."""
+    if not _is_integer(value) or value < minimum:
+        kind = "a positive integer" if minimum > 0 else "a non-negative integer"
+        raise ValueError(f"grid file {path}: {subject} must be {kind}")
+    return value
+
+
+def _integer_list(values, label: str, path: Path) -> list[int]:
+    """Return a YAML list of positive integers. The label names the key in errors, e.g. "recurrences"."""
+    if not isinstance(values, list):
+        raise ValueError(f"grid file {path}: {label} must be a list of positive integers, not {values!r}")
+    return [_integer(value, path, f"{label}[{index}] = {value!r}") for index, value in enumerate(values)]
+
+
+def _yaml_number_hint(value) -> str:
+    """Explain a number that YAML 1.1 (PyYAML) reads as a string, such as 1e-3 or 2.0e9."""
+    match = isinstance(value, str) and re.fullmatch(r"([-+]?\d+)(\.\d*)?[eE]([-+]?)(\d+)", value.strip())
+    if not match:
+        return ""
+    mantissa, fraction, sign, exponent = match.groups()
+    fixed = f"{mantissa}{fraction or '.0'}e{sign or '+'}{exponent}"
+    return (f" (YAML reads {value} as a string; write {fixed}, with a decimal point and a signed "
+            "exponent, to get a number)")
+
+
+def _section(spec: dict, key: str, path: Path) -> dict:
+    """Return a mapping section of a grid file (model, batch or recipe), or {} when it is null."""
+    value = spec.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"grid file {path}: {key} must be a mapping of keys to values, not {value!r}")
+    return value
+
+
+def _check_unknown(section: dict, key: str, known, path: Path) -> None:
+    unknown = sorted(set(section) - set(known), key=str)
+    if unknown:
+        raise ValueError(f"grid file {path}: unknown keys {unknown} under {key}; known: {list(known)}")
+
+
+def _check_inheritable_keys(spec: dict, path: Path) -> None:
+    """Check the name and base, and the keys that a grid may pass on to the grids based on it."""
+    name = spec.get("name")
+    if "name" in spec and (not isinstance(name, str) or not name):
+        raise ValueError(f"grid file {path}: name must be a non-empty string, not {name!r}")
+    base = spec.get("base")
+    if base is not None and (not isinstance(base, str) or not base):
+        raise ValueError(f"grid file {path}: base must be the name of another grid, not {base!r}")
+
+    model = _section(spec, "model", path)
+    _check_unknown(model, "model", MODEL_KEYS, path)
+    for key, value in model.items():
+        minimum = 0 if key in NON_NEGATIVE_MODEL_KEYS else 1
+        _integer(value, path, f"model {key} = {value!r}", minimum)
+
+    batch = _section(spec, "batch", path)
+    _check_unknown(batch, "batch", BATCH_KEYS, path)
+    for key, value in batch.items():
+        _integer(value, path, f"batch {key} = {value!r}")
+
+    _check_recipe(_section(spec, "recipe", path), path)
+
+    if "seed" in spec:
+        _integer(spec["seed"], path, f"seed = {spec['seed']!r}", minimum=0)
+    if spec.get("eval_rows") is not None:
+        _integer(spec["eval_rows"], path, f"eval_rows = {spec['eval_rows']!r}")
+
+
+def _check_recipe(recipe: dict, path: Path) -> None:
+    known = [f.name for f in fields(Recipe)]
+    _check_unknown(recipe, "recipe", known, path)
+    for key, value in recipe.items():
+        if key == "muon_lr_plain" and value is None:
+            continue  # the plain model uses muon_lr
+        if key == "adam_betas":
+            if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+                raise ValueError(f"grid file {path}: recipe adam_betas = {value!r} must be a list of two numbers")
+            continue
+        if not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"grid file {path}: recipe {key} = {value!r} must be a finite number"
+                             + _yaml_number_hint(value))
+        if key in RECIPE_REFERENCE_KEYS and value <= 0:
+            raise ValueError(f"grid file {path}: recipe {key} = {value!r} must be a positive number")
+
+
+def _check_model_complete(spec: dict, path: Path) -> None:
+    """Check that the model section, after merging any base, sets every required key."""
+    model = spec["model"] or {}
+    for key in MODEL_KEYS:
+        if key not in model and key not in OPTIONAL_MODEL_KEYS:
+            raise ValueError(f"grid file {path}: missing key {key!r} under model")
+
+
+def _check_family(spec: dict, path: Path, recurrences: list[int]) -> None:
+    """Check that the recurrent layers (effective_depth - n_prelude - n_coda) split evenly for every r."""
+    model = spec["model"]
+    recur_layers = model["effective_depth"] - model["n_prelude"] - model["n_coda"]
+    if recur_layers <= 0:
+        raise ValueError(f"grid file {path}: model effective_depth {model['effective_depth']} leaves no "
+                         f"recurrent layers after n_prelude {model['n_prelude']} and n_coda "
+                         f"{model['n_coda']}; raise effective_depth")
+    for r in sorted(set(recurrences)):
+        if recur_layers % r:
+            raise ValueError(f"grid file {path}: r = {r} does not divide the {recur_layers} recurrent layers "
+                             "(effective_depth - n_prelude - n_coda); use recurrences that divide "
+                             f"{recur_layers}")
+
+
+def _check_widths(spec: dict, path: Path, sizes: list[int]) -> None:
+    """Check that every width d = width_per_size * s splits into whole attention heads."""
+    model = spec["model"]
+    for size in sorted(set(sizes)):
+        d_model = model["width_per_size"] * size
+        if d_model % model["head_dim"]:
+            raise ValueError(f"grid file {path}: size {size} gives d_model = {d_model} (width_per_size "
+                             f"{model['width_per_size']} x {size}), not a multiple of head_dim "
+                             f"{model['head_dim']}; use sizes whose width head_dim divides")
+
+
+def _check_learning_rates(values, label: str, path: Path) -> None:
+    """Check an optional muon_lrs list: MuonH rates, each a positive number."""
+    if values is None:
+        return
+    if not isinstance(values, list):
+        raise ValueError(f"grid file {path}: {label} must be a list of learning rates, not {values!r}")
+    for index, value in enumerate(values):
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"grid file {path}: {label}[{index}] = {value!r} must be a positive number"
+                             + _yaml_number_hint(value))
+
+
 def _positive_budget(value, path: Path) -> float:
-    budget = float(value)
+    try:
+        budget = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        budget = math.nan
     if not math.isfinite(budget) or budget <= 0:
         raise ValueError(f"grid file {path}: budget {value!r} must be a positive number of FLOPs")
     return budget
+
+
+def _positive_target(value, path: Path, subject: str) -> float:
+    """Return a token target or tokens-per-parameter ratio as a float. It may be a string, because
+    PyYAML reads 1e9 and 2.0e9 (no decimal point, or no exponent sign) as strings."""
+    try:
+        target = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        target = math.nan
+    if not math.isfinite(target) or target <= 0:
+        raise ValueError(f"grid file {path}: {subject} = {value!r} must be a positive number")
+    return target
 
 
 def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def _parse_budgets(spec: dict, path: Path) -> dict[float, list[int]]:
+    raw = spec.get("budgets") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"grid file {path}: budgets must be a mapping of a budget in FLOPs to a list of "
+                         f"sizes, not {raw!r}")
+    budgets, written = {}, {}
+    for key, sizes in raw.items():
+        budget = _positive_budget(key, path)
+        if budget in budgets:
+            raise ValueError(f"grid file {path}: budgets {written[budget]} and {key} are the same number; "
+                             "merge their sizes under one key")
+        if not isinstance(sizes, list):
+            raise ValueError(f"grid file {path}: budget {key} must map to a list of sizes, not {sizes!r}")
+        budgets[budget] = [_integer(size, path, f"size {size!r} under budget {key}") for size in sizes]
+        written[budget] = key
+    return budgets
+
+
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _parse_variants(spec: dict, path: Path) -> list[Variant]:
     known = [f.name for f in fields(Variant)]
+    raw = spec.get("variants") or [{"name": "main"}]
+    if not isinstance(raw, list):
+        raise ValueError(f"grid file {path}: variants must be a list of mappings, not {raw!r}")
     variants = []
-    for values in spec.get("variants") or [{"name": "main"}]:
-        unknown = sorted(set(values) - set(known))
+    for index, values in enumerate(raw):
+        if not isinstance(values, dict):
+            raise ValueError(f"grid file {path}: variants[{index}] = {values!r} must be a mapping with the "
+                             f"keys {known}")
+        unknown = sorted(set(values) - set(known), key=str)
         if unknown:
             raise ValueError(f"grid file {path}: variant {values} has unknown keys {unknown}; "
                              f"known keys are {known}")
-        variants.append(Variant(**values))
+        variant = Variant(**values)
+        _check_variant(variant, f"variants[{index}]", path)
+        variants.append(variant)
     names = [v.name for v in variants]
     if len(names) != len(set(names)):
         raise ValueError(f"grid file {path}: variant names {names} must be distinct")
     return variants
 
 
+def _check_variant(variant: Variant, label: str, path: Path) -> None:
+    # The name becomes part of run ids and record folders.
+    if not isinstance(variant.name, str) or not _VARIANT_NAME.fullmatch(variant.name):
+        raise ValueError(f"grid file {path}: {label} name {variant.name!r} must be a non-empty string of "
+                         "letters, digits, '_', '.' and '-'")
+    if variant.injection not in INJECTION_MODES:
+        raise ValueError(f"grid file {path}: {label} injection {variant.injection!r} is not one of "
+                         f"{list(INJECTION_MODES)}")
+    if not isinstance(variant.truncated_bptt, bool):
+        raise ValueError(f"grid file {path}: {label} truncated_bptt {variant.truncated_bptt!r} must be "
+                         "true or false")
+    _integer(variant.hc_lanes, path, f"{label} hc_lanes = {variant.hc_lanes!r}")
+
+
 def _parse_token_runs(spec: dict, path: Path) -> list[TokenRuns]:
+    raw = spec.get("token_runs") or []
+    if not isinstance(raw, list):
+        raise ValueError(f"grid file {path}: token_runs must be a list of mappings, not {raw!r}")
     entries = []
     default_lrs = spec.get("muon_lrs") or [None]
-    for values in spec.get("token_runs") or []:
-        unknown = sorted(set(values) - set(TOKEN_RUN_KEYS))
+    for index, values in enumerate(raw):
+        if not isinstance(values, dict):
+            raise ValueError(f"grid file {path}: token_runs[{index}] = {values!r} must be a mapping with "
+                             f"the keys {list(TOKEN_RUN_KEYS)}")
+        unknown = sorted(set(values) - set(TOKEN_RUN_KEYS), key=str)
         if unknown:
             raise ValueError(f"grid file {path}: token_runs entry {values} has unknown keys "
                              f"{unknown}; known keys are {list(TOKEN_RUN_KEYS)}")
@@ -512,14 +804,16 @@ def _parse_token_runs(spec: dict, path: Path) -> list[TokenRuns]:
         if ("tokens" in values) == ("tokens_per_param" in values):
             raise ValueError(f"grid file {path}: token_runs entry {values} needs exactly one of "
                              "'tokens' and 'tokens_per_param'")
-        tokens = tuple(float(t) for t in _as_list(values.get("tokens", [])))
-        ratios = tuple(float(t) for t in _as_list(values.get("tokens_per_param", [])))
-        for value in tokens + ratios:
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"grid file {path}: token target {value!r} must be a positive number")
+        label = f"token_runs[{index}]"
+        tokens = tuple(_positive_target(t, path, f"{label} tokens")
+                       for t in _as_list(values.get("tokens", [])))
+        ratios = tuple(_positive_target(t, path, f"{label} tokens_per_param")
+                       for t in _as_list(values.get("tokens_per_param", [])))
+        _check_learning_rates(values.get("muon_lrs"), f"{label} muon_lrs", path)
         entries.append(TokenRuns(
-            sizes=tuple(int(s) for s in _as_list(values["sizes"])),
-            recurrences=tuple(int(r) for r in _as_list(values.get("recurrences", spec["recurrences"]))),
+            sizes=tuple(_integer_list(_as_list(values["sizes"]), f"{label} sizes", path)),
+            recurrences=tuple(_integer_list(_as_list(values.get("recurrences", spec["recurrences"])),
+                                            f"{label} recurrences", path)),
             tokens=tokens, tokens_per_param=ratios,
             muon_lrs=tuple(values.get("muon_lrs") or default_lrs),
         ))
@@ -529,41 +823,30 @@ def _parse_token_runs(spec: dict, path: Path) -> list[TokenRuns]:
 def _parse_reuse(spec: dict, path: Path) -> list[Reuse]:
     raw = spec.get("reuse") or []
     entries = []
-    for values in (raw if isinstance(raw, list) else [raw]):
-        unknown = sorted(set(values) - set(REUSE_KEYS))
+    for index, values in enumerate(raw if isinstance(raw, list) else [raw]):
+        if not isinstance(values, dict):
+            raise ValueError(f"grid file {path}: reuse entry {values!r} must be a mapping with the keys "
+                             f"{list(REUSE_KEYS)}")
+        unknown = sorted(set(values) - set(REUSE_KEYS), key=str)
         if unknown:
             raise ValueError(f"grid file {path}: reuse entry {values} has unknown keys {unknown}; "
                              f"known keys are {list(REUSE_KEYS)}")
         if "grid" not in values:
             raise ValueError(f"grid file {path}: reuse entry {values} is missing the key 'grid'")
-
-        def optional(key, convert):
-            return None if key not in values else tuple(convert(v) for v in _as_list(values[key]))
-
+        label = f"reuse[{index}]"
         entries.append(Reuse(
             grid=str(values["grid"]),
-            recurrences=optional("recurrences", int),
-            budgets=optional("budgets", lambda b: _positive_budget(b, path)),
-            sizes=optional("sizes", int),
-            variants=optional("variants", str),
+            recurrences=_optional_integers(values, "recurrences", label, path),
+            budgets=(None if "budgets" not in values
+                     else tuple(_positive_budget(b, path) for b in _as_list(values["budgets"]))),
+            sizes=_optional_integers(values, "sizes", label, path),
+            variants=None if "variants" not in values else tuple(str(v) for v in _as_list(values["variants"])),
         ))
     return entries
 
 
-def load_grid(name_or_path: str) -> Grid:
-    path = grid_path(name_or_path)
-    spec = _with_base(_read_spec(path), path)
-    for key in ("name", "model", "batch", "recurrences"):
-        if key not in spec:
-            raise ValueError(f"grid file {path} is missing the key {key!r}")
-    if "budgets" not in spec and "token_runs" not in spec:
-        raise ValueError(f"grid file {path} is missing the key 'budgets' "
-                         "(or 'token_runs' for runs fixed by their token count)")
-    budgets = {}
-    for budget, sizes in (spec.get("budgets") or {}).items():
-        budgets[_positive_budget(budget, path)] = [int(s) for s in sizes]
-    return Grid(name=spec["name"], spec=spec, budgets=budgets,
-                recurrences=[int(r) for r in spec["recurrences"]],
-                variants=_parse_variants(spec, path),
-                token_runs=_parse_token_runs(spec, path),
-                reuse=_parse_reuse(spec, path))
+def _optional_integers(values: dict, key: str, label: str, path: Path) -> tuple[int, ...] | None:
+    """Return a reuse filter of positive integers, or None (select every value) when it is not set."""
+    if key not in values:
+        return None
+    return tuple(_integer_list(_as_list(values[key]), f"{label} {key}", path))
