@@ -287,3 +287,23 @@ def test_notebook_rejects_unswept_rates(tmp_path, runs_dir):
             write_record(runs_dir, run, fabricated_loss(run), 0.0128)
     with pytest.raises(Exception, match="muon_lr_plain"):
         run_transfer_notebooks(tmp_path, runs_dir)
+
+
+def test_notebooks_on_a_partly_trained_grid(tmp_path, runs_dir):
+    # As a sweep cut off mid-grid leaves it: two whole series of the width axis, two runs of a
+    # third, none of the ratio axis.
+    plan = load_grid(LR_GRID).runs()
+    whole = [run for run in plan if run.size == 6 and run.tokens_per_param == 10]
+    started = [run for run in plan if run.r == 1 and run.size == 8 and run.tokens_per_param == 10][:2]
+    for run in whole + started:
+        write_record(runs_dir, run, fabricated_loss(run), run.recipe.muon_lr * transfer_factor(run))
+    out = run_transfer_notebooks(tmp_path, runs_dir)
+    transfer = json.loads(out["json"].read_text())["lr_transfer"]
+    assert transfer["n_trained"] == 12
+    assert sum(panel["n_trained"] for panel in transfer["panels"]) == 12 + 10  # s = 6 is on both axes
+    numbers = macros(out["numbers"])
+    assert numbers["lrtRunsTrained"] == "12"
+    assert out["figure"].read_bytes().startswith(b"%PDF")
+    if shutil.which("latexmk"):
+        text = compile_section(tmp_path)
+        assert "So far 12 of the 50 runs are trained" in text or not text
