@@ -9,26 +9,24 @@ from pathlib import Path
 EVAL_BATCH_ROWS = 32  # rows per validation forward pass
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
+def _integer_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer of at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer of at least {minimum}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    return _integer_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: give an integer of at least 0")
-    return value
+    return _integer_at_least(text, 0)
 
 
 def positive_float(text: str) -> float:
