@@ -31,13 +31,25 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not allowed: give a finite number above 0")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds above 0, where inf means never."""
+    value = _number(text)
+    if math.isnan(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give a number of seconds above 0, or inf for never")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +65,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder of pre-packed parquet shards to train on (default: the grid's data "
                              "section, else the embedded corpus)")
-    parser.add_argument("--checkpoint-every-s", type=positive_float, default=120.0,
-                        help="save a resumable checkpoint after this many seconds (default 120)")
+    parser.add_argument("--checkpoint-every-s", type=positive_seconds, default=120.0,
+                        help="save a resumable checkpoint after this many seconds (default 120; inf: never)")
     parser.add_argument("--checkpoint-every-steps", type=positive_int, default=None,
                         help="also save a resumable checkpoint every this many optimiser steps")
     parser.add_argument("--keep-checkpoint", action="store_true",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .io import check_output_dir
-from .options import non_negative_int, positive_float, positive_int
+from .options import non_negative_int, positive_float, positive_int, positive_seconds
 
 # The grids, the launchers and the trainer import torch, so this module imports them only where
 # it needs them: building the command-line parser stays fast.
@@ -136,8 +136,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--micro-batch-rows", type=positive_int, default=None, help="rows per forward pass on each rank")
     training.add_argument("--eval-batch-rows", type=positive_int, default=None,
                           help="rows per validation forward pass on each rank (default 32)")
-    training.add_argument("--checkpoint-every-s", type=positive_float, default=120.0,
-                          help="seconds between resumable checkpoints (default 120)")
+    training.add_argument("--checkpoint-every-s", type=positive_seconds, default=120.0,
+                          help="seconds between resumable checkpoints (default 120; inf: never)")
     training.add_argument("--checkpoint-every-steps", type=positive_int, default=None,
                           help="also checkpoint every this many optimiser steps")
     training.add_argument("--runs-dir", type=Path, default=None,

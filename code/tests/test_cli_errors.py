@@ -103,3 +103,11 @@ def test_fit_checks_the_json_folder_before_fitting(capsys, caplog, tmp_path):
     code, err = run_cli(capsys, "fit", str(table), "--bootstrap", "-3")
     assert code == 2
     assert "--bootstrap: -3 is not allowed" in err
+
+
+def test_checkpoint_interval_may_be_infinite(capsys):
+    code, _ = run_cli(capsys, "sweep", "tiny", "--dry-run", "--checkpoint-every-s", "inf")
+    assert code == 0
+    code, err = run_cli(capsys, "sweep", "tiny", "--dry-run", "--checkpoint-every-s", "0")
+    assert code == 2
+    assert "--checkpoint-every-s: 0 is not allowed" in err
