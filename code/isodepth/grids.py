@@ -47,10 +47,10 @@ Keys of a grid file:
 - recipe, seed, eval_rows: Recipe overrides, the initialisation seed, and the validation rows
   evaluated (None: the whole split).
 
-load_grid checks the keys and values that planning uses when it reads a grid (sizes and r
-positive integers, model keys known and complete, r dividing the recurrent layers, widths
-dividing into heads, ...) and raises ValueError naming the file, the key and the value, so every
-command that loads a grid reports a bad file the same way. A missing file raises
+load_grid checks the keys and values that planning uses when it reads a grid: sizes and r are
+positive integers, model keys are known and complete, every r divides the recurrent layers and
+every width divides into heads. A bad value raises ValueError naming the file, the key and the
+value, so every command that loads a grid reports it the same way. A missing file raises
 FileNotFoundError. The data key is checked where the data source is built (paper_data).
 The reading, base merging and checks are in isodepth.grid_spec.
 

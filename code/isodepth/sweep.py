@@ -199,7 +199,7 @@ def _slurm_options(pairs: list[str]) -> dict:
 
 
 def _check_launcher_flags(args) -> None:
-    """Refuse flags that the chosen launcher would ignore, so a typo in --launcher is not silent."""
+    """Reject flags that the chosen launcher would ignore, so a typo in --launcher is not silent."""
     flag_given = {"--gpus": args.gpus is not None, "--log-dir": args.log_dir is not None,
                   "--gpus-per-run": args.gpus_per_run != 1}
     ignored = {"local": ("--gpus", "--log-dir", "--gpus-per-run"), "slurm": ("--gpus", "--log-dir")}

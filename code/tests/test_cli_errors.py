@@ -43,7 +43,7 @@ def test_sweep_rejects_bad_values(capsys, argv, message):
     assert message in err
 
 
-def test_sweep_refuses_flags_its_launcher_ignores(capsys):
+def test_sweep_rejects_ignored_launcher_flags(capsys):
     code, err = run_cli(capsys, "sweep", "tiny", "--dry-run", "--gpus", "0", "--log-dir", "/tmp/x")
     assert code == 2
     assert "--launcher local ignores --gpus, --log-dir" in err

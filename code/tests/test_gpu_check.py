@@ -19,14 +19,14 @@ def run_check(out: Path, device: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_unknown_device_is_refused(tmp_path):
+def test_unknown_device_rejected(tmp_path):
     result = run_check(tmp_path, "tpu")
     assert result.returncode == 2
     assert "DEVICE=tpu is neither cuda" in result.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
-def test_without_cuda_it_stops_with_the_reason(tmp_path):
+def test_without_cuda_exits_with_reason(tmp_path):
     result = run_check(tmp_path, "cuda")
     assert result.returncode == 2
     assert "sees no CUDA device" in result.stderr

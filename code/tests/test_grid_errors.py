@@ -86,10 +86,35 @@ def test_model_key_typo(tmp_path):
         load_grid(path)
 
 
-def test_model_missing_key(tmp_path):
-    path = full_grid(tmp_path, model=TINY_MODEL.replace("  seq_len: 32\n", ""))
-    with pytest.raises(ValueError, match=r"grid file .*bad\.yaml: missing key 'seq_len' under model$"):
+# One edit of the valid tiny grid per case: the section edited, the text replaced, its
+# replacement and the expected message.
+EDITED_GRIDS = [
+    pytest.param("model", "  seq_len: 32\n", "",
+                 r"grid file .*bad\.yaml: missing key 'seq_len' under model$", id="model-missing-key"),
+    pytest.param("rest", "[1, 2]", "[1, 3]",
+                 r"bad\.yaml: r = 3 does not divide the 4 recurrent layers", id="recurrent-layers-not-divisible"),
+    pytest.param("model", "effective_depth: 6", "effective_depth: 2",
+                 r"bad\.yaml: model effective_depth 2 leaves no recurrent layers", id="no-recurrent-layers"),
+    pytest.param("rest", "[4, 6]", "[3]",
+                 r"bad\.yaml: size 3 gives d_model = 12 .*not a multiple of head_dim 8", id="width-not-multiple-of-head-dim"),
+    pytest.param("rest", "rows: 4", "row: 4",
+                 r"bad\.yaml: unknown keys \['row'\] under batch", id="batch-key-typo"),
+    pytest.param("rest", "rows: 4", "rows: 0",
+                 r"bad\.yaml: batch rows = 0 must be a positive integer", id="batch-rows-zero"),
+    pytest.param("rest", "2e9:", "lots:",
+                 r"bad\.yaml: budget 'lots' must be a positive number of FLOPs", id="bad-budget-key"),
+]
+
+
+@pytest.mark.parametrize("section,old,new,message", EDITED_GRIDS)
+def test_edited_grid_rejected(tmp_path, section, old, new, message):
+    if section == "model":
+        path = full_grid(tmp_path, model=TINY_MODEL.replace(old, new))
+    else:
+        path = full_grid(tmp_path, rest=TINY_REST.replace(old, new))
+    with pytest.raises(ValueError, match=message):
         load_grid(path)
+
 
 
 @pytest.mark.parametrize("line,message", [
@@ -111,34 +136,9 @@ def test_model_not_mapping(tmp_path):
         load_grid(path)
 
 
-def test_recurrent_layers_not_divisible(tmp_path):
-    path = full_grid(tmp_path, rest=TINY_REST.replace("[1, 2]", "[1, 3]"))
-    with pytest.raises(ValueError, match=r"bad\.yaml: r = 3 does not divide the 4 recurrent layers"):
-        load_grid(path)
 
 
-def test_no_recurrent_layers(tmp_path):
-    path = full_grid(tmp_path, model=TINY_MODEL.replace("effective_depth: 6", "effective_depth: 2"))
-    with pytest.raises(ValueError, match=r"bad\.yaml: model effective_depth 2 leaves no recurrent layers"):
-        load_grid(path)
 
-
-def test_width_not_multiple_of_head_dim(tmp_path):
-    path = full_grid(tmp_path, rest=TINY_REST.replace("[4, 6]", "[3]"))
-    with pytest.raises(ValueError, match=r"bad\.yaml: size 3 gives d_model = 12 .*not a multiple of head_dim 8"):
-        load_grid(path)
-
-
-def test_batch_key_typo(tmp_path):
-    path = full_grid(tmp_path, rest=TINY_REST.replace("rows: 4", "row: 4"))
-    with pytest.raises(ValueError, match=r"bad\.yaml: unknown keys \['row'\] under batch"):
-        load_grid(path)
-
-
-def test_batch_rows_zero(tmp_path):
-    path = full_grid(tmp_path, rest=TINY_REST.replace("rows: 4", "rows: 0"))
-    with pytest.raises(ValueError, match=r"bad\.yaml: batch rows = 0 must be a positive integer"):
-        load_grid(path)
 
 
 def test_recipe_key_typo(tmp_path):
@@ -215,11 +215,6 @@ def test_bad_budget_sizes(tmp_path, sizes, message):
     with pytest.raises(ValueError, match=rf"grid file .*bad\.yaml: {message}"):
         load_grid(path)
 
-
-def test_bad_budget_key(tmp_path):
-    path = full_grid(tmp_path, rest=TINY_REST.replace("2e9:", "lots:"))
-    with pytest.raises(ValueError, match=r"bad\.yaml: budget 'lots' must be a positive number of FLOPs"):
-        load_grid(path)
 
 
 def test_duplicate_budget(tmp_path):
