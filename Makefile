@@ -103,14 +103,14 @@ $(RUNS_CSV): $(RUN_RECORDS) code/isodepth/collect.py | $(STAMPS)/venv
 $(LR_CSV): $(LR_RECORDS) code/isodepth/collect.py | $(STAMPS)/venv
 	$(ISODEPTH) collect micro-lr --out $@
 
-$(LR_FIG) $(LR_NUMBERS) &: notebooks/lr_sweep.ipynb $(LR_CSV) data/grids/micro.yaml code/isodepth/style.py | $(STAMPS)/venv
+$(LR_FIG) $(LR_NUMBERS) &: notebooks/lr_sweep.ipynb $(LR_CSV) data/grids/micro.yaml code/isodepth/lr_analysis.py code/isodepth/style.py | $(STAMPS)/venv
 	@mkdir -p $(dir $(LR_FIG)) $(dir $(LR_NUMBERS))
 	$(NOTEBOOK) notebooks/lr_sweep.ipynb -p runs_csv $(LR_CSV) -p figure_pdf $(LR_FIG) \
 	  -p numbers_tex $(LR_NUMBERS) -o $(LR_FIG) -o $(LR_NUMBERS)
 
 FIT_CODE := $(wildcard code/isodepth/fit/*.py) code/isodepth/paper_numbers.py code/isodepth/report.py
 
-$(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) $(FIT_CODE) data/grids/micro.yaml | $(STAMPS)/venv
+$(JOINT_JSON) $(NUMBERS) &: notebooks/fit.ipynb $(RUNS_CSV) $(FIT_CODE) data/grids/micro.yaml data/grids/paper.yaml | $(STAMPS)/venv
 	@mkdir -p $(dir $(JOINT_JSON)) $(dir $(NUMBERS))
 	$(NOTEBOOK) notebooks/fit.ipynb -p runs_csv $(RUNS_CSV) -p joint_json $(JOINT_JSON) \
 	  -p numbers_tex $(NUMBERS) -p convention $(CONVENTION) -o $(JOINT_JSON) -o $(NUMBERS)
@@ -126,7 +126,7 @@ $(CO_FIGS) &: notebooks/compute_optimal.ipynb $(JOINT_JSON) data/grids/micro.yam
 	  -p figure1_pdf figures/compute_optimal_loss.pdf -p figure3_pdf figures/allocation.pdf \
 	  $(foreach f,$(CO_FIGS),-o $(f))
 
-$(FIT_TABLES) &: notebooks/tables.ipynb $(JOINT_JSON) | $(STAMPS)/venv
+$(FIT_TABLES) &: notebooks/tables.ipynb $(JOINT_JSON) data/grids/paper.yaml | $(STAMPS)/venv
 	@mkdir -p paper/generated/tables
 	$(NOTEBOOK) notebooks/tables.ipynb -p joint_json $(JOINT_JSON) \
 	  -p per_r_tex paper/generated/tables/per_r_fits.tex -p residuals_tex paper/generated/tables/residuals.tex \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from .grids import load_grid
@@ -17,12 +19,20 @@ def grid_macros(grid_name: str, runs: pd.DataFrame) -> dict[str, str]:
     budgets = sorted(grid.budgets)
     trained = set(runs["run_id"]) if "run_id" in runs.columns else set()
     complete = [b for b in budgets if all(r.run_id in trained for r in planned if r.budget == b)]
+    partial = runs["budget"].nunique() - len(complete)
     if len(complete) == len(budgets):
         coverage = "every planned run"
-    elif len(complete) == runs["budget"].nunique():
+    elif partial == 0:
         coverage = f"every run of the lowest {len(complete)} budgets"
     else:
-        coverage = f"every run of the lowest {len(complete)} budgets and part of the next"
+        coverage = (f"every run of the lowest {len(complete)} budgets and part of the next"
+                    + ("" if partial == 1 else f" {partial}"))
+    trained_widths = sorted(runs["d_model"].unique()) if len(runs) else widths[:1]
+    trained_budgets = sorted(runs["budget"].unique()) if len(runs) else budgets[:1]
+    study_grid = load_grid("paper")
+    study = sorted(study_grid.budgets)
+    n_micro = sorted({r.n_once + r.n_rec for r in planned})
+    n_study = sorted({r.n_once + r.n_rec for r in study_grid.runs()})
     return {
         "microCompleteBudgets": str(len(complete)),
         "microCoverage": coverage,
@@ -37,6 +47,16 @@ def grid_macros(grid_name: str, runs: pd.DataFrame) -> dict[str, str]:
         "microTokensPerStep": fmt_int(planned[0].tokens_per_step),
         "microWidthMin": str(widths[0]),
         "microWidthMax": str(widths[-1]),
+        "microTrainedWidthMin": str(int(trained_widths[0])),
+        "microTrainedWidthMax": str(int(trained_widths[-1])),
+        # Spans of compute (largest over smallest budget), trained here and on the study's grid.
+        "microTrainedSpan": f"{trained_budgets[-1] / trained_budgets[0]:.0f}",
+        "pubBudgetSpan": f"{study[-1] / study[0]:.0f}",
+        # How much more compute the study's smallest budget has than ours, as a power of ten.
+        "microComputeGap": f"$10^{{{round(math.log10(study[0] / budgets[0]))}}}$",
+        # How many times smaller the unique parameter counts are, at the smallest and largest planned N.
+        "microParamGapMin": f"{min(n_study[0] / n_micro[0], n_study[-1] / n_micro[-1]):,.0f}".replace(",", "\\,"),
+        "microParamGapMax": f"{max(n_study[0] / n_micro[0], n_study[-1] / n_micro[-1]):,.0f}".replace(",", "\\,"),
         "microNumBudgets": str(len(budgets)),
         "microBudgetMin": f"${fmt_sci(budgets[0])}$",
         "microBudgetMax": f"${fmt_sci(budgets[-1])}$",
@@ -44,6 +64,7 @@ def grid_macros(grid_name: str, runs: pd.DataFrame) -> dict[str, str]:
         "microMinSteps": fmt_int(min(r.steps for r in planned)),
         "microMaxTokens": fmt_int(max(r.tokens for r in planned)),
         "microNumRuns": str(len(runs)),
+        "microMissingRuns": str(len(planned) - len(trained & {r.run_id for r in planned})),
         "microTrainedBudgets": str(runs["budget"].nunique()),
         "microValTokens": fmt_int(int(runs["validation_tokens"].max())),
         "microCPUHours": f"{runs['train_time_s'].sum() / 3600:.1f}",

@@ -192,8 +192,9 @@ def render_value(key: str, value) -> str:
         return f"{value}, $W [e; h]$, $W_0 = [I \\mid 0]$" if value == "linear" else str(value)
 
     if key == "muon_lr":
+        # Three decimals, as the learning-rate macros of the text print them (0.010, not 0.01).
         looped, plain = value
-        return _num(looped) if math.isclose(looped, plain) else f"{_num(looped)}, {_num(plain)}"
+        return f"{looped:.3f}" if math.isclose(looped, plain) else f"{looped:.3f}, {plain:.3f}"
     if key in ("reference_shape", "reference_tokens"):
         return ", ".join(fmt_int(v) for v in value)
     if key == "schedule":

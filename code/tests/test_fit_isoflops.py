@@ -20,6 +20,7 @@ def test_convex_inside_range_has_optimum():
     assert cell.n_opt == pytest.approx(3e7, rel=1e-8)
     assert cell.loss_opt == pytest.approx(3.0, abs=1e-10)
     assert (cell.n_min, cell.n_max) == (1e7, 8e7)
+    assert cell.position == "interior"
 
 
 def test_concave_has_no_optimum():
@@ -27,14 +28,17 @@ def test_concave_has_no_optimum():
     cell = fit_profile(n, parabola(n, curvature=-0.05))
     assert not cell.has_optimum
     assert "concave" in cell.reason
+    assert cell.position == "concave"
 
 
-def test_vertex_outside_range_has_no_optimum():
+@pytest.mark.parametrize("center, position", [(2e8, "above"), (2e6, "below")])
+def test_vertex_outside_range_has_no_optimum(center, position):
     n = np.array([1e7, 2e7, 4e7])
-    cell = fit_profile(n, parabola(n, center=2e8))
+    cell = fit_profile(n, parabola(n, center=center))
     assert not cell.has_optimum
     assert "outside the sampled range" in cell.reason
     assert cell.n_opt is None
+    assert cell.position == position
 
 
 def test_fewer_than_three_distinct_n_has_no_optimum():
@@ -42,6 +46,7 @@ def test_fewer_than_three_distinct_n_has_no_optimum():
     cell = fit_profile(n, np.array([3.1, 3.12, 3.0]))
     assert not cell.has_optimum
     assert "fewer than 3 distinct N" in cell.reason
+    assert cell.position == "too few"
 
 
 def test_profiles_cover_every_cell():

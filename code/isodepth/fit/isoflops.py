@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 MIN_DISTINCT_N = 3
 
+# IsoFlopsCell.position: "interior" (an optimum), "below" or "above" the sampled N (a convex
+# quadratic whose vertex lies outside them), "concave" (no minimum at all) or "too few" N.
+POSITIONS = ("interior", "below", "above", "concave", "too few")
+
 
 @dataclass(frozen=True)
 class IsoFlopsCell:
@@ -39,6 +43,7 @@ class IsoFlopsCell:
     loss_opt: float | None  # vertex L* in nats
     has_optimum: bool
     reason: str  # why there is no optimum; "" when there is one
+    position: str  # one of POSITIONS: where the vertex lies, or why there is none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,22 +58,24 @@ def fit_profile(n_params, loss, budget: float = float("nan"), r: int = 0) -> Iso
                 n_min=float(n_params.min()), n_max=float(n_params.max()))
     if distinct < MIN_DISTINCT_N:
         return IsoFlopsCell(**base, coefficients=None, curvature=None, n_opt=None, loss_opt=None, has_optimum=False,
-                            reason=f"fewer than {MIN_DISTINCT_N} distinct N ({distinct})")
+                            reason=f"fewer than {MIN_DISTINCT_N} distinct N ({distinct})", position="too few")
     x = np.log(n_params)
     c2, c1, c0 = np.polyfit(x, loss, 2)
     coefficients = (float(c0), float(c1), float(c2))
     if c2 <= 0:
         return IsoFlopsCell(**base, coefficients=coefficients, curvature=float(c2), n_opt=None, loss_opt=None,
-                            has_optimum=False, reason=f"concave or flat quadratic (curvature {c2:.3g} <= 0)")
+                            has_optimum=False, reason=f"concave or flat quadratic (curvature {c2:.3g} <= 0)",
+                            position="concave")
     x_opt = -c1 / (2.0 * c2)
     n_opt = float(np.exp(x_opt))
     if not x.min() <= x_opt <= x.max():
         return IsoFlopsCell(**base, coefficients=coefficients, curvature=float(c2), n_opt=None, loss_opt=None,
                             has_optimum=False,
-                            reason=f"vertex N = {n_opt:.4g} outside the sampled range [{n_params.min():.4g}, {n_params.max():.4g}]")
+                            reason=f"vertex N = {n_opt:.4g} outside the sampled range [{n_params.min():.4g}, {n_params.max():.4g}]",
+                            position="below" if x_opt < x.min() else "above")
     loss_opt = float(c0 + c1 * x_opt + c2 * x_opt ** 2)
     return IsoFlopsCell(**base, coefficients=coefficients, curvature=float(c2), n_opt=n_opt, loss_opt=loss_opt,
-                        has_optimum=True, reason="")
+                        has_optimum=True, reason="", position="interior")
 
 
 def isoflops_profiles(runs: pd.DataFrame) -> list[IsoFlopsCell]:
