@@ -33,6 +33,8 @@ def grid_macros(grid_name: str, runs: pd.DataFrame) -> dict[str, str]:
     study = sorted(study_grid.budgets)
     n_micro = sorted({r.n_once + r.n_rec for r in planned})
     n_study = sorted({r.n_once + r.n_rec for r in study_grid.runs()})
+    # How many times more unique parameters the study's models have, at the smallest and largest N.
+    param_gaps = sorted((n_study[0] / n_micro[0], n_study[-1] / n_micro[-1]))
     return {
         "microCompleteBudgets": str(len(complete)),
         "microCoverage": coverage,
@@ -54,9 +56,8 @@ def grid_macros(grid_name: str, runs: pd.DataFrame) -> dict[str, str]:
         "pubBudgetSpan": f"{study[-1] / study[0]:.0f}",
         # How much more compute the study's smallest budget has than ours, as a power of ten.
         "microComputeGap": f"$10^{{{round(math.log10(study[0] / budgets[0]))}}}$",
-        # How many times smaller the unique parameter counts are, at the smallest and largest planned N.
-        "microParamGapMin": f"{min(n_study[0] / n_micro[0], n_study[-1] / n_micro[-1]):,.0f}".replace(",", "\\,"),
-        "microParamGapMax": f"{max(n_study[0] / n_micro[0], n_study[-1] / n_micro[-1]):,.0f}".replace(",", "\\,"),
+        "microParamGapMin": fmt_int(round(param_gaps[0])),
+        "microParamGapMax": fmt_int(round(param_gaps[-1])),
         "microNumBudgets": str(len(budgets)),
         "microBudgetMin": f"${fmt_sci(budgets[0])}$",
         "microBudgetMax": f"${fmt_sci(budgets[-1])}$",

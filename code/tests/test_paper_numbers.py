@@ -1,4 +1,4 @@
-"""Grid macros of the paper: the planned design, and the trained runs counted from a run table."""
+"""grid_macros: design values from the grid file, trained-run values from a run table."""
 
 import pandas as pd
 import pytest
